@@ -1,0 +1,365 @@
+"""The connection actor: one WebSocket, three tasks (reader, writer, heartbeat).
+
+This module is the only seam onto the WebSocket library: it drives
+``websockets``' sans-I/O ``ServerProtocol`` from a small Trio shell, the way
+hypercorn drives h11 and wsproto. That gives permessage-deflate, Origin
+checks, size limits and a correct closing handshake, while the writer stays
+ours: it drains everything queued for the client and writes it with ONE
+``send_all``, reusing the frame bytes a broadcast built once for every
+recipient. Frames smaller than ``compress_min_bytes`` are sent uncompressed
+even when deflate was negotiated (RFC 7692 allows it per message).
+
+The reader parses and validates frames (``protocol.inbound``) and forwards
+events to the room's mailbox; when the room's mailbox is full it stops
+reading, so TCP pushes back on the client instead of memory growing.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable
+
+import trio
+from websockets.frames import Frame, Opcode
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
+
+from ..config import Config
+from ..deps import Deps
+from ..errors import Code, FrameError
+from ..protocol import inbound, outbound
+from ..protocol.connect import CreateRoom, OpenRequest
+from ..protocol.limits import TokenBucket
+from ..protocol.wire import Wire
+from . import peer as close
+from .messages import (
+    Attached,
+    Detach,
+    Inbound,
+    OpenSession,
+    Refused,
+    RegistryMsg,
+    RoomMsg,
+    SessionResult,
+)
+from .peer import Peer
+
+log = logging.getLogger("nexus_actors.connection")
+
+RECEIVE_SIZE = 65536
+CREATE_ATTEMPTS = 5
+"Server-picked room codes tried before giving up (a picked code may exist in the store)."
+FLOOD_CLOSE_AFTER = 3
+"Rate-limit windows in a row (each ``rate_burst`` dropped messages) before a flood closes."
+
+
+class Connection:
+    """State shared by the three tasks of one connection actor."""
+
+    def __init__(self, stream: trio.abc.Stream, protocol: ServerProtocol, peer: Peer,
+                 config: Config, deps: Deps) -> None:
+        self.stream = stream
+        self.protocol = protocol
+        self.peer = peer
+        self.config = config
+        self.deps = deps
+        self.deflate = bool(protocol.extensions)
+        self.fragments: list[bytes] = []
+        self.room: trio.MemorySendChannel[RoomMsg] | None = None
+        self.pongs: dict[bytes, trio.Event] = {}
+        self.bucket = TokenBucket(config.rate_limit, config.rate_burst,
+                                  updated=trio.current_time())
+        self.dropped = 0
+        "Messages dropped by the rate limit since the last one that passed."
+        self.floods = 0
+
+    # Writer -------------------------------------------------------------
+
+    def _frame_bytes(self, wire: Wire) -> bytes:
+        if self.deflate and len(wire.payload) >= self.config.compress_min_bytes:
+            return Frame(Opcode.TEXT, wire.payload).serialize(
+                mask=False, extensions=self.protocol.extensions)
+        return wire.frame
+
+    async def writer(self, cancel: trio.CancelScope) -> None:
+        """Write everything queued, once per wake-up, until the close handshake ends."""
+        peer = self.peer
+        protocol = self.protocol
+        close_sent = False
+        while True:
+            await peer.wait()
+            if peer.aborted:
+                cancel.cancel()
+                return
+            buffer = bytearray()
+            for wire in peer.take():
+                buffer += self._frame_bytes(wire)
+            request = peer.closing
+            if request is not None and not close_sent and protocol.state is OPEN:
+                for wire in request.final:
+                    buffer += self._frame_bytes(wire)
+                protocol.send_close(request.code, request.reason)
+                close_sent = True
+                cancel_after = trio.current_time() + self.config.close_timeout
+                cancel.deadline = min(cancel.deadline, cancel_after)
+            eof = False
+            for chunk in protocol.data_to_send():
+                if chunk:
+                    buffer += chunk
+                else:
+                    eof = True
+            try:
+                if buffer:
+                    await self.stream.send_all(buffer)
+                if eof:
+                    await self.stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                cancel.cancel()
+                return
+            if eof:
+                cancel.cancel()
+                return
+
+    # Reader -------------------------------------------------------------
+
+    async def reader(self) -> None:
+        """Feed received bytes to the protocol and handle what comes out, until EOF."""
+        protocol = self.protocol
+        await self._dispatch(self._handle_events())  # frames that came with the handshake
+        while True:
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                protocol.receive_eof()
+                self.peer.wake()
+                return
+            protocol.receive_data(data)
+            await self._dispatch(self._handle_events())
+            if protocol.writes:
+                self.peer.wake()
+            if protocol.parser_exc is not None:
+                self._report_parser_error()
+                return
+
+    def _handle_events(self) -> list[bytes]:
+        messages: list[bytes] = []
+        for event in self.protocol.events_received():
+            if not isinstance(event, Frame):
+                continue
+            opcode = event.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
+                if opcode is Opcode.BINARY:
+                    self.fragments = [b"\x00"]  # marks a binary message
+                elif opcode is Opcode.TEXT:
+                    self.fragments = []
+                self.fragments.append(bytes(event.data))
+                if event.fin:
+                    if self.fragments[0] == b"\x00" and opcode is not Opcode.TEXT:
+                        self.peer.send(outbound.error(
+                            Code.BINARY_FRAME, "binary frames are not part of protocol v1",
+                            self.deps.wall_ms()))
+                    else:
+                        messages.append(b"".join(self.fragments))
+                    self.fragments = []
+            elif opcode is Opcode.PONG:
+                waiter = self.pongs.pop(bytes(event.data), None)
+                if waiter is not None:
+                    waiter.set()
+            elif opcode is Opcode.PING:
+                pass  # the protocol queued the pong; the reader wakes the writer
+        return messages
+
+    def _report_parser_error(self) -> None:
+        if self.protocol.close_sent is not None and self.protocol.close_sent.code == close.TOO_BIG:
+            # The protocol has queued a 1009 close; put the reason before it.
+            self.peer.send(outbound.error(
+                Code.FRAME_TOO_LARGE,
+                f"messages are limited to {self.config.max_message_bytes} bytes",
+                self.deps.wall_ms()))
+            self.peer.wake()
+
+    async def _dispatch(self, messages: list[bytes]) -> None:
+        for raw in messages:
+            now = trio.current_time()
+            if not self.bucket.take(now):
+                self._rate_limited()
+                continue
+            self.dropped = 0
+            try:
+                message = inbound.decode(raw)
+            except FrameError as exc:
+                self.peer.send(outbound.error(exc.code, exc.message, self.deps.wall_ms(),
+                                              event_id=exc.event_id))
+                continue
+            if isinstance(message, inbound.Heartbeat):
+                self.peer.send(outbound.heartbeat_pong(message.id, self.deps.wall_ms()))
+                continue
+            await self._to_room(Inbound(peer_id=self.peer.id, frame=message))
+
+    def _rate_limited(self) -> None:
+        self.dropped += 1
+        if self.dropped == 1:
+            retry = max(1, round(self.bucket.retry_after() * 1000))
+            self.peer.send(outbound.error(Code.RATE_LIMITED, "too many messages; slow down",
+                                          self.deps.wall_ms(), retryAfterMs=retry))
+        if self.dropped >= self.config.rate_burst:
+            self.dropped = 0
+            self.floods += 1
+            if self.floods >= FLOOD_CLOSE_AFTER:
+                now_ms = self.deps.wall_ms()
+                self.peer.close(close.POLICY, "flooding",
+                                outbound.backoff("flooding", self.config.overload_retry_ms * 5,
+                                                 now_ms),
+                                discard_pending=True)
+
+    async def _to_room(self, message: RoomMsg) -> None:
+        room = self.room
+        if room is None:
+            return
+        try:
+            room.send_nowait(message)
+            return
+        except trio.WouldBlock:
+            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._room_gone()
+            return
+        # The room is behind: stop reading (TCP pushes back), but not for ever.
+        with trio.move_on_after(self.config.heartbeat_timeout) as waited:
+            try:
+                await room.send(message)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._room_gone()
+                return
+        if waited.cancelled_caught:
+            self.peer.close(close.TRY_AGAIN_LATER, "room overloaded",
+                            outbound.backoff("overloaded", self.config.overload_retry_ms,
+                                             self.deps.wall_ms()))
+
+    def _room_gone(self) -> None:
+        self.peer.close(close.SERVICE_RESTART, "room restart",
+                        outbound.backoff("room-restart", self.config.restart_retry_ms,
+                                         self.deps.wall_ms()))
+
+    # Heartbeat ----------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        """Ping every interval; a pong late by more than the timeout means a dead peer."""
+        counter = 0
+        while True:
+            await trio.sleep(self.config.heartbeat_interval)
+            if self.peer.closing is not None or self.protocol.state is not OPEN:
+                return
+            counter += 1
+            payload = struct.pack("!I", counter)
+            waiter = self.pongs[payload] = trio.Event()
+            sent = trio.current_time()
+            self.protocol.send_ping(payload)
+            self.peer.wake()
+            with trio.move_on_after(self.config.heartbeat_timeout):
+                await waiter.wait()
+            if not waiter.is_set():
+                log.info("connection %s missed its pong; closing", self.peer.id)
+                self.peer.abort()
+                return
+            latency_ms = (trio.current_time() - sent) * 1000
+            self.peer.send(outbound.ping(latency_ms, self.deps.wall_ms()))
+
+
+async def _open_session(registry: trio.MemorySendChannel[RegistryMsg], request: OpenRequest,
+                        peer: Peer) -> SessionResult:
+    """Ask the registry for a seat; retry server-picked codes that turned out to be taken."""
+    result: SessionResult | None = None
+    for _ in range(CREATE_ATTEMPTS):
+        result = None
+        reply_send, reply_receive = trio.open_memory_channel[SessionResult](1)
+        with reply_receive:
+            try:
+                await registry.send(OpenSession(request=request, peer=peer, reply=reply_send))
+                result = await reply_receive.receive()
+            finally:
+                if result is None:
+                    _give_back(reply_receive, peer)
+        retry_code = (isinstance(request, CreateRoom) and request.code is None
+                      and not isinstance(result, Attached) and result.code is Code.ROOM_EXISTS)
+        if not retry_code:
+            return result
+    assert result is not None
+    return result
+
+
+async def run_connection(stream: trio.abc.Stream, protocol: ServerProtocol,
+                         request: OpenRequest | Refused, peer: Peer, config: Config,
+                         deps: Deps, registry: trio.MemorySendChannel[RegistryMsg]) -> None:
+    """Serve one accepted WebSocket until it closes (``Refused``: explain and close)."""
+    conn = Connection(stream, protocol, peer, config, deps)
+    try:
+        async with trio.open_nursery() as nursery:
+            cancel = nursery.cancel_scope
+            nursery.start_soon(conn.writer, cancel)
+            result: SessionResult | None = request if isinstance(request, Refused) else None
+            with trio.move_on_after(config.handshake_timeout) as joining:
+                if result is None:
+                    assert not isinstance(request, Refused)
+                    result = await _open_session(registry, request, peer)
+            if result is None or joining.cancelled_caught:
+                peer.close(close.TRY_AGAIN_LATER, "join timed out",
+                           outbound.backoff("unavailable", config.overload_retry_ms,
+                                            deps.wall_ms()))
+                await conn.reader()
+                return
+            if not isinstance(result, Attached):
+                frames = [outbound.error(result.code, result.message, deps.wall_ms())]
+                if result.backoff is not None:
+                    frames.append(result.backoff)
+                peer.close(result.close_code, str(result.code)[:120], *frames)
+                await conn.reader()
+                return
+            conn.room = result.room
+            nursery.start_soon(conn.heartbeat)
+            await conn.reader()
+            # The client closed or vanished: let the writer answer a close, then stop.
+            cancel.deadline = min(cancel.deadline, trio.current_time() + config.close_timeout)
+    finally:
+        peer.closed = True
+        room = conn.room
+        if room is not None:
+            _detach(room, peer)
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await stream.aclose()
+
+
+def _give_back(replies: trio.MemoryReceiveChannel[SessionResult], peer: Peer) -> None:
+    """Cancelled while waiting for a seat: if it was granted anyway, give it back."""
+    try:
+        late = replies.receive_nowait()
+    except (trio.WouldBlock, trio.EndOfChannel):
+        return
+    if isinstance(late, Attached):
+        _detach(late.room, peer)
+
+
+def _detach(room: trio.MemorySendChannel[RoomMsg], peer: Peer) -> None:
+    try:
+        room.send_nowait(Detach(peer_id=peer.id))
+    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the room's sweep notices ``peer.closed``
+    room.close()
+
+
+def peer_factory(config: Config, deps: Deps) -> Callable[[int, str], Peer]:
+    """Peers whose overflow closes them as slow consumers with a backoff hint."""
+
+    def on_overflow(peer: Peer) -> None:
+        log.info("connection %s is a slow consumer; closing", peer.id)
+        peer.close(close.TRY_AGAIN_LATER, "slow consumer",
+                   outbound.backoff("slow-consumer", config.overload_retry_ms, deps.wall_ms()))
+
+    def make(peer_id: int, address: str) -> Peer:
+        return Peer(peer_id, address, max_frames=config.outbox_frames,
+                    max_bytes=config.outbox_bytes, on_overflow=on_overflow)
+
+    return make

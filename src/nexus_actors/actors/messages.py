@@ -1,0 +1,134 @@
+"""Every message that crosses an actor mailbox: a closed set of frozen classes.
+
+Commands are imperative (``Attach``), notices past tense (``Committed``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import trio
+
+from ..errors import Code
+from ..protocol.connect import OpenRequest
+from ..protocol.inbound import EventFrame
+from ..protocol.wire import Wire
+from .peer import Peer
+
+# Replies to a connection asking for a seat ---------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Attached:
+    member_id: str
+    room: trio.MemorySendChannel[RoomMsg]
+    "The room's mailbox (a clone the connection owns and closes)."
+
+
+@attrs.frozen(kw_only=True)
+class Refused:
+    code: Code
+    message: str
+    close_code: int
+    backoff: Wire | None = None
+    "A ``backoff`` frame when the client should come back later."
+
+
+SessionResult = Attached | Refused
+
+# Room mailbox --------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Attach:
+    """Seat a connection (create, join or resume); the room answers on ``reply``."""
+
+    request: OpenRequest
+    peer: Peer
+    reply: trio.MemorySendChannel[SessionResult]
+    inbox: trio.MemorySendChannel[RoomMsg]
+    "A clone of the room's mailbox to hand to the connection."
+
+
+@attrs.frozen(kw_only=True)
+class Inbound:
+    """A validated client event from the connection ``peer_id``."""
+
+    peer_id: int
+    frame: EventFrame
+
+
+@attrs.frozen(kw_only=True)
+class Detach:
+    """The connection ``peer_id`` is gone (any close without ``session/leave``)."""
+
+    peer_id: int
+
+
+@attrs.frozen(kw_only=True)
+class Committed:
+    """The persistence actor committed this room's intents up to ``mark``."""
+
+    mark: int
+
+
+@attrs.frozen
+class Stop:
+    """The registry agreed that an idle room may stop."""
+
+
+@attrs.frozen
+class Drain:
+    """The server is shutting down: send clients away with a hint and flush."""
+
+
+@attrs.frozen
+class Crash:
+    """Fault injection: make the room actor raise (tests and the simulation)."""
+
+
+RoomMsg = Attach | Inbound | Detach | Committed | Stop | Drain | Crash
+
+# Registry mailbox ----------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class OpenSession:
+    request: OpenRequest
+    peer: Peer
+    reply: trio.MemorySendChannel[SessionResult]
+
+
+@attrs.frozen(kw_only=True)
+class RoomIdle:
+    """A room with nobody connected and everything durable asks to stop."""
+
+    code: str
+    generation: int
+    attaches: int
+    "How many ``Attach`` messages it has taken; a stale count means one is in flight."
+
+
+@attrs.frozen(kw_only=True)
+class RoomExited:
+    code: str
+    generation: int
+
+
+@attrs.frozen(kw_only=True)
+class DrainRooms:
+    done: trio.Event
+
+
+@attrs.frozen(kw_only=True)
+class CrashRoom:
+    code: str
+
+
+@attrs.frozen(kw_only=True)
+class QueryRooms:
+    reply: trio.MemorySendChannel[dict[str, Any]]
+
+
+RegistryMsg = OpenSession | RoomIdle | RoomExited | DrainRooms | CrashRoom | QueryRooms

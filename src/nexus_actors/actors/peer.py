@@ -1,0 +1,123 @@
+"""The handle other actors hold on one connection: a bounded outbox and a close request.
+
+Rooms fan out with :meth:`Peer.send`, which never blocks: it appends to the
+connection's outbox and wakes its writer. An outbox that grows past its frame
+or byte bound means the client cannot keep up; the peer is then closed with a
+``backoff`` hint (1013) and its queued frames are dropped. The client resumes
+and the journal replays what it missed, so the room never waits for its
+slowest member and memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from ..protocol.wire import Wire
+
+# WebSocket close codes (RFC 6455 and the 4000-4999 private range).
+NORMAL = 1000
+GOING_AWAY = 1001
+POLICY = 1008
+TOO_BIG = 1009
+INTERNAL = 1011
+SERVICE_RESTART = 1012
+TRY_AGAIN_LATER = 1013
+SUPERSEDED = 4000
+KICKED = 4001
+BAD_REQUEST = 4400
+INVALID_TOKEN = 4401
+ROOM_NOT_FOUND = 4404
+ROOM_EXISTS = 4409
+ROOM_FULL = 4429
+
+
+@attrs.frozen
+class CloseRequest:
+    code: int
+    reason: str
+    final: tuple[Wire, ...] = ()
+    "Frames sent just before the close frame (an error, a backoff hint)."
+
+
+class Peer:
+    """One client connection as rooms and the registry see it."""
+
+    def __init__(self, peer_id: int, address: str, *, max_frames: int, max_bytes: int,
+                 on_overflow: Callable[[Peer], None]) -> None:
+        self.id = peer_id
+        self.address = address
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self._on_overflow = on_overflow
+        self._queue: deque[Wire] = deque()
+        self._queued_bytes = 0
+        self._wake = trio.Event()
+        self.closing: CloseRequest | None = None
+        "Set once a close was asked for; the writer sends ``final`` and the close frame."
+        self.closed = False
+        "Set when the connection is gone (the room treats it as a disconnect)."
+        self.aborted = False
+        self.frames_sent = 0
+        self.frames_dropped = 0
+
+    # Producer side (rooms, the connection's own reader) --------------------
+
+    def send(self, wire: Wire) -> bool:
+        """Queue a frame. Returns ``False`` if it was dropped (closing, or outbox full)."""
+        if self.closing is not None or self.closed:
+            self.frames_dropped += 1
+            return False
+        if len(self._queue) >= self.max_frames or self._queued_bytes + len(wire) > self.max_bytes:
+            self.frames_dropped += 1 + len(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._on_overflow(self)
+            return False
+        self._queue.append(wire)
+        self._queued_bytes += len(wire)
+        self._wake.set()
+        return True
+
+    def close(self, code: int, reason: str, *final: Wire, discard_pending: bool = False) -> None:
+        """Ask the writer to send ``final`` frames and a close frame (first request wins)."""
+        if self.closing is not None or self.closed:
+            return
+        if discard_pending:
+            self.frames_dropped += len(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+        self.closing = CloseRequest(code, reason, final)
+        self._wake.set()
+
+    def abort(self) -> None:
+        """Drop the connection without a closing handshake (a dead peer)."""
+        self.aborted = True
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Wake the writer (the protocol has control frames to send)."""
+        self._wake.set()
+
+    # Consumer side (the connection's writer) -------------------------------
+
+    async def wait(self) -> None:
+        await self._wake.wait()
+        self._wake = trio.Event()
+
+    def take(self) -> list[Wire]:
+        frames = list(self._queue)
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.frames_sent += len(frames)
+        return frames
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.id} {self.address}>"

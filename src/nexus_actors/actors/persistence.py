@@ -1,0 +1,144 @@
+"""The persistence actor: group commit of every room's writes, then acknowledgements.
+
+Rooms hand it :class:`Intent` objects with ``send_nowait`` (a full queue is the
+room's signal to refuse durable events with ``overloaded``). It collects
+intents for up to ``persist_flush_interval`` or ``persist_batch`` of them,
+commits them in one store transaction, and tells each room how far its
+intents are durable with a :class:`~nexus_actors.actors.messages.Committed`
+notice. Failed commits are retried with backoff, in order, forever: a
+confirmation may wait, but nothing queued is dropped or reordered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import attrs
+import trio
+
+from ..config import Config
+from ..errors import StoreError
+from ..store.base import Store, Write
+from .health import Health
+from .messages import Committed, RoomMsg
+
+log = logging.getLogger("nexus_actors.persistence")
+
+
+@attrs.frozen(kw_only=True)
+class Intent:
+    write: Write
+    notify: trio.MemorySendChannel[RoomMsg] | None = None
+    "The room's mailbox, told when this intent is durable."
+    mark: int = 0
+    "The room's running intent number, reported back in ``Committed``."
+
+
+@attrs.frozen(kw_only=True)
+class Flush:
+    """A barrier: ``done`` is set once every intent queued before it is durable."""
+
+    done: trio.Event
+
+
+PersistMsg = Intent | Flush
+
+RETRY_FIRST = 0.05
+RETRY_MAX = 5.0
+
+
+async def _commit_with_retry(store: Store, writes: Sequence[Write], health: Health) -> None:
+    delay = RETRY_FIRST
+    while True:
+        try:
+            await store.commit(writes)
+        except StoreError as exc:
+            if health.store_ok:
+                health.store_ok = False
+                health.outage_since = trio.current_time()
+                log.warning("store outage began: %s", exc.message)
+            health.store_error = exc.message
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+            continue
+        if not health.store_ok:
+            since = health.outage_since or trio.current_time()
+            log.warning("store outage ended after %.1fs", trio.current_time() - since)
+            health.store_ok = True
+            health.store_error = None
+            health.outage_since = None
+        return
+
+
+async def run_persistence(
+    store: Store,
+    inbox: trio.MemoryReceiveChannel[PersistMsg],
+    config: Config,
+    health: Health,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until ``inbox`` is closed and drained."""
+    unsent: dict[trio.MemorySendChannel[RoomMsg], int] = {}
+    task_status.started()
+    with inbox:
+        while True:
+            batch: list[PersistMsg] = []
+            try:
+                if unsent:
+                    with trio.move_on_after(config.persist_flush_interval or 0.001):
+                        batch.append(await inbox.receive())
+                else:
+                    batch.append(await inbox.receive())
+            except trio.EndOfChannel:
+                if not unsent:
+                    return
+            _notify(unsent)
+            if not batch:
+                continue
+            await _fill(inbox, batch, config)
+            health.persist_queue = inbox.statistics().current_buffer_used
+            writes = [m.write for m in batch if isinstance(m, Intent)]
+            if writes:
+                await _commit_with_retry(store, writes, health)
+            for m in batch:
+                if isinstance(m, Intent):
+                    if m.notify is not None:
+                        unsent[m.notify] = max(m.mark, unsent.get(m.notify, 0))
+                else:
+                    m.done.set()
+            _notify(unsent)
+
+
+async def _fill(inbox: trio.MemoryReceiveChannel[PersistMsg], batch: list[PersistMsg],
+                config: Config) -> None:
+    """Add to ``batch`` until it is full or the flush interval has passed."""
+    deadline = trio.current_time() + config.persist_flush_interval
+    while len(batch) < config.persist_batch:
+        try:
+            batch.append(inbox.receive_nowait())
+            continue
+        except trio.WouldBlock:
+            pass
+        except trio.EndOfChannel:
+            return
+        if isinstance(batch[-1], Flush) or trio.current_time() >= deadline:
+            return
+        with trio.move_on_at(deadline):
+            try:
+                batch.append(await inbox.receive())
+            except trio.EndOfChannel:
+                return
+
+
+def _notify(unsent: dict[trio.MemorySendChannel[RoomMsg], int]) -> None:
+    """Tell rooms what is durable, never blocking: a full mailbox is retried next round."""
+    for room, mark in list(unsent.items()):
+        try:
+            room.send_nowait(Committed(mark=mark))
+        except trio.WouldBlock:
+            continue
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        del unsent[room]

@@ -1,0 +1,781 @@
+"""The room actor: one task owns a room's state, seats, hosts, journal and cursors.
+
+Everything that changes a room arrives through its mailbox and is handled by
+synchronous code, one message at a time; the actor only awaits its mailbox,
+its timers and the store read at start. Durable events are applied, journaled
+(handed to the persistence actor) and broadcast to the other members at once;
+the sender's own copy, its ``event-ack`` and ``update-confirmed`` wait until
+the persistence actor reports the event committed (the output gate).
+
+:func:`run_room` supervises: an exception in the room is logged, its clients
+are sent away with a ``backoff`` hint to resume, queued writes are flushed,
+and the room restarts from the store with the same mailbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections import deque
+from typing import Any
+
+import attrs
+import orjson
+import trio
+
+from ..errors import Code, StoreError
+from ..protocol import inbound as msg
+from ..protocol import outbound
+from ..protocol.connect import CreateRoom, ResumeSeat
+from ..protocol.wire import Wire, encode
+from ..room import events as ev
+from ..room.cursors import CursorBoard
+from ..room.events import Event, Planned, Rejection
+from ..room.hosts import successor
+from ..room.resume import resume_point
+from ..room.state import RoomState, Seat
+from ..store.base import AppendEvent, PutRoom, PutSnapshot, RoomRecord, Write
+from . import peer as close
+from .messages import (
+    Attach,
+    Attached,
+    Committed,
+    Crash,
+    Detach,
+    Drain,
+    Inbound,
+    Refused,
+    RoomExited,
+    RoomIdle,
+    RoomMsg,
+    Stop,
+)
+from .peer import Peer
+from .persistence import Flush, Intent
+from .services import Services
+
+log = logging.getLogger("nexus_actors.room")
+
+BATCH = 64
+"Messages handled per wake-up before the room yields to other tasks."
+SWEEP_INTERVAL = 5.0
+"Seconds between checks for connections that vanished without a Detach."
+BACKLOG_RETRY = 0.01
+"Seconds between retries of writes the persistence queue could not take."
+MAX_CRASHES = 3
+CRASH_WINDOW = 60.0
+MAX_EPOCHS = 16
+UPDATE_REJECT_REASONS = frozenset({Code.VERSION_CONFLICT, Code.FORBIDDEN, Code.NOT_FOUND,
+                                   Code.INVALID})
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@attrs.define
+class _Pending:
+    """Frames for an event's sender, held until the event is durable."""
+
+    sequence: int
+    member_id: str
+    events: list[tuple[int, Wire]]
+    "The sender's own copies of the events, by sequence."
+    frames: list[Wire]
+    "``event-ack`` and, for optimistic updates, ``update-confirmed``."
+
+
+@attrs.define
+class Shell:
+    """What outlives one room incarnation: its connections and the attach count."""
+
+    peers: dict[int, Peer] = attrs.Factory(dict)
+    attaches: int = 0
+
+
+class _Done(Exception):
+    """The room has stopped (clean exit of :meth:`_Room.run`)."""
+
+
+class _Room:
+    def __init__(self, services: Services, code: str, generation: int, shell: Shell,
+                 notify: trio.MemorySendChannel[RoomMsg]) -> None:
+        self.s = services
+        self.config = services.config
+        self.code = code
+        self.generation = generation
+        self.shell = shell
+        self.notify = notify
+        self.state: RoomState | None = None
+        "``None`` while the code is unclaimed (no such room yet)."
+        self.epochs: list[tuple[int, int]] = []
+        self.hibernating = False
+        self.journal: deque[Event] = deque()
+        self.by_event_id: dict[str, Event] = {}
+        self.members: dict[str, Peer] = {}
+        "Connected members and their current connection."
+        self.member_of: dict[int, str] = {}
+        self.since: dict[str, float] = {}
+        "When each connected member's current connection began."
+        self.seen_through: dict[str, int] = {}
+        "Sequence each connected member's welcome or replay covered."
+        self.cursors = CursorBoard()
+        self.mark = 0
+        self.committed_mark = 0
+        self.backlog: deque[Intent] = deque()
+        "Writes the persistence queue had no room for yet (sent in order, before any new one)."
+        self.marks: deque[tuple[int, int]] = deque()
+        self.durable_sequence = 0
+        self.pending: deque[_Pending] = deque()
+        self.since_snapshot = 0
+        self.grace_deadline: float | None = None
+        self.idle_deadline: float | None = None
+        self.cursor_deadline: float | None = None
+        self.sweep_deadline: float | None = None
+        self.idle_requested = False
+        self.draining = False
+        self.done = False
+
+    # Start ---------------------------------------------------------------
+
+    async def load(self) -> None:
+        record = await self.s.store.load_room(self.code)
+        now_ms = self.s.deps.wall_ms()
+        if record is None or record.status == "abandoned":
+            return
+        if (record.status == "hibernating"
+                and now_ms - record.last_activity > self.config.hibernation_timeout * 1000):
+            self._write(PutRoom(code=self.code, status="abandoned",
+                                last_activity=record.last_activity, epochs=record.epochs))
+            return
+        self._restore(record, now_ms)
+
+    def _restore(self, record: RoomRecord, now_ms: int) -> None:
+        state = (RoomState.from_snapshot(orjson.loads(record.snapshot))
+                 if record.snapshot is not None else RoomState(code=self.code))
+        for event in record.journal:
+            if event.sequence > state.sequence:
+                ev.apply(state, event, chat_history=self.config.chat_history)
+        self.state = state
+        retained = list(record.journal)[-self.config.journal_retain:]
+        self.journal.extend(retained)
+        self.by_event_id = {e.event_id: e for e in retained}
+        self.durable_sequence = state.sequence
+        self.epochs = list(record.epochs) or [(1, 1)]
+        if record.status == "active":
+            # The last owner stopped uncleanly: clients may have seen events that were
+            # never committed, so sequence numbers after this point begin a new epoch.
+            self.epochs = [*self.epochs, (self.epochs[-1][0] + 1, state.sequence + 1)]
+            self.epochs = self.epochs[-MAX_EPOCHS:]
+            log.info("room %s restored after an unclean stop (epoch %d)", self.code,
+                     self.epochs[-1][0])
+        self._put_room("active", now_ms)
+        now = trio.current_time()
+        if state.host_id is not None:
+            self.grace_deadline = now + self.config.host_grace
+        self.idle_deadline = now + self.config.host_grace
+
+    # Loop ----------------------------------------------------------------
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[RoomMsg]) -> None:
+        try:
+            await self.load()
+        except StoreError as exc:
+            log.warning("room %s could not be loaded: %s", self.code, exc.message)
+            self._refuse_all(inbox, Code.UNAVAILABLE, "the room could not be loaded")
+            return
+        if self.state is None:
+            self.idle_deadline = trio.current_time()
+        while not self.done:
+            with trio.move_on_at(self._next_deadline()):
+                message = await inbox.receive()
+                self.handle(message)
+                for _ in range(BATCH):
+                    if self._stopped():
+                        break
+                    try:
+                        message = inbox.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    self.handle(message)
+            if not self._stopped():
+                self.on_time(trio.current_time())
+
+    def _stopped(self) -> bool:
+        return self.done
+
+    def _refuse_all(self, inbox: trio.MemoryReceiveChannel[RoomMsg], code: Code,
+                    message: str) -> None:
+        while True:
+            try:
+                item = inbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            if isinstance(item, Attach):
+                self._refuse(item, code, message, close.TRY_AGAIN_LATER, backoff="unavailable")
+
+    def _next_deadline(self) -> float:
+        deadlines = [d for d in (self.grace_deadline, self.idle_deadline, self.cursor_deadline,
+                                 self.sweep_deadline) if d is not None]
+        if self.backlog:
+            deadlines.append(trio.current_time() + BACKLOG_RETRY)
+        return min(deadlines) if deadlines else float("inf")
+
+    def handle(self, message: RoomMsg) -> None:
+        if isinstance(message, Inbound):
+            self.on_inbound(message)
+        elif isinstance(message, Committed):
+            self.on_committed(message.mark)
+        elif isinstance(message, Attach):
+            self.shell.attaches += 1
+            self.on_attach(message)
+        elif isinstance(message, Detach):
+            self.on_detach(message.peer_id)
+        elif isinstance(message, Drain):
+            self.on_drain()
+        elif isinstance(message, Stop):
+            self.done = True
+        elif isinstance(message, Crash):
+            raise RuntimeError(f"injected crash in room {self.code}")
+
+    def on_time(self, now: float) -> None:
+        self._flush_backlog()
+        if self.cursor_deadline is not None and now >= self.cursor_deadline:
+            self._tick_cursors()
+        if self.sweep_deadline is not None and now >= self.sweep_deadline:
+            self._sweep(now)
+        if self.grace_deadline is not None and now >= self.grace_deadline:
+            self._check_host(now)
+        if self.idle_deadline is not None and now >= self.idle_deadline:
+            self.idle_deadline = None
+            self._go_idle()
+
+    # Seats ---------------------------------------------------------------
+
+    def on_attach(self, a: Attach) -> None:
+        self.idle_requested = False  # the registry declines a stop with an attach in flight
+        self._attach(a)
+        if not self.members and self.idle_deadline is None:
+            now = trio.current_time()
+            claimed = self.state is not None and not self.hibernating
+            self.idle_deadline = now + (self.config.host_grace if claimed else 0.0)
+
+    def _attach(self, a: Attach) -> None:
+        if self.draining:
+            self._refuse(a, Code.UNAVAILABLE, "the server is restarting",
+                         close.SERVICE_RESTART, backoff="server-restart")
+            return
+        request = a.request
+        if isinstance(request, CreateRoom):
+            if self.state is not None:
+                self._refuse(a, Code.ROOM_EXISTS, f"room {self.code} already exists",
+                             close.ROOM_EXISTS)
+                return
+            if not self._persist_has_room(3):
+                self._refuse(a, Code.OVERLOADED, "the server is busy", close.TRY_AGAIN_LATER,
+                             backoff="overloaded")
+                return
+            self._create()
+        elif self.state is None:
+            self._refuse(a, Code.ROOM_NOT_FOUND, f"room {self.code} does not exist",
+                         close.ROOM_NOT_FOUND)
+            return
+        state = self.state
+        assert state is not None
+        if isinstance(request, ResumeSeat):
+            digest = hash_token(request.token)
+            member_id = next((s.id for s in state.seats.values()
+                              if hmac.compare_digest(s.token_hash, digest)), None)
+            if member_id is None:
+                self._refuse(a, Code.INVALID_TOKEN, "no seat in this room has that token",
+                             close.INVALID_TOKEN)
+                return
+            self._wake()
+            old = self.members.get(member_id)
+            if old is not None:
+                self._drop_connection(member_id, announce=False)
+                old.close(close.SUPERSEDED, "superseded",
+                          outbound.error(Code.SUPERSEDED, "this seat was resumed elsewhere",
+                                         self._now_ms()))
+            if not self._seat(a, member_id):
+                return
+            self._welcome(a.peer, "session/reconnected", member_id, request.token,
+                          resume=resume_point(
+                              request.last_seen, request.epoch, sequence=state.sequence,
+                              epochs=self.epochs, first_retained=self._first_retained()))
+            self._broadcast(self._notice("session/connected", {"uuid": member_id}),
+                            exclude=member_id)
+        else:
+            if len(state.seats) >= self.config.max_players:
+                self._refuse(a, Code.ROOM_FULL,
+                             f"room {self.code} has all {self.config.max_players} seats taken",
+                             close.ROOM_FULL)
+                return
+            if not self._persist_has_room(3):
+                self._refuse(a, Code.OVERLOADED, "the server is busy", close.TRY_AGAIN_LATER,
+                             backoff="overloaded")
+                return
+            self._wake()
+            token = self.s.deps.new_token()
+            seat = Seat(id=self.s.deps.new_id(), name=request.name, token_hash=hash_token(token))
+            joined = self._commit(ev.joined(seat, state), actor=seat.id,
+                                  event_id=self.s.deps.new_id())
+            if not self._seat(a, seat.id):
+                return
+            self.seen_through[seat.id] = joined.sequence
+            name = "session/created" if isinstance(request, CreateRoom) else "session/joined"
+            self._welcome(a.peer, name, seat.id, token, resume=None)
+        self._check_host(trio.current_time())
+
+    def _seat(self, a: Attach, member_id: str) -> bool:
+        """Bind the connection to the seat and answer the connection; false if it is gone."""
+        try:
+            a.reply.send_nowait(Attached(member_id=member_id, room=a.inbox))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+            a.inbox.close()
+            return False
+        peer = a.peer
+        self.shell.peers[peer.id] = peer
+        self.members[member_id] = peer
+        self.member_of[peer.id] = member_id
+        self.since[member_id] = trio.current_time()
+        if self.sweep_deadline is None:
+            self.sweep_deadline = trio.current_time() + SWEEP_INTERVAL
+        if member_id == self.state_().host_id:
+            self.grace_deadline = None
+        return True
+
+    def _refuse(self, a: Attach, code: Code, message: str, close_code: int,
+                backoff: str | None = None) -> None:
+        hint = None
+        if backoff is not None:
+            retry = (self.config.restart_retry_ms if backoff == "server-restart"
+                     else self.config.overload_retry_ms)
+            hint = outbound.backoff(backoff, self._jitter(retry), self._now_ms())
+        a.inbox.close()
+        try:
+            a.reply.send_nowait(Refused(code=code, message=message, close_code=close_code,
+                                        backoff=hint))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+            pass
+
+    def _welcome(self, peer: Peer, name: str, member_id: str, token: str,
+                 resume: int | None) -> None:
+        state = self.state_()
+        data = {
+            "name": name, "roomCode": self.code, "uuid": member_id, "token": token,
+            "hostId": state.host_id, "coHostIds": list(state.co_host_ids),
+            "players": self._players(), "state": state.public(), "sequence": state.sequence,
+            "epoch": self.epochs[-1][0],
+        }
+        now_ms = self._now_ms()
+        peer.send(encode("event", data, now_ms))
+        if resume is None:
+            cursor = {"mode": "baseline", "sequence": state.sequence,
+                      "replayThrough": state.sequence}
+            peer.send(encode("event-cursor", cursor, now_ms))
+        else:
+            cursor = {"mode": "resume", "sequence": resume, "replayThrough": state.sequence}
+            peer.send(encode("event-cursor", cursor, now_ms))
+            for event in self.journal:
+                if event.sequence > resume:
+                    peer.send(event.wire())
+        self.seen_through[member_id] = state.sequence
+        baseline = self.cursors.baseline(member_id, now_ms)
+        if baseline is not None:
+            peer.send(baseline)
+
+    def _players(self) -> list[dict[str, Any]]:
+        state = self.state_()
+        return [state.player(member_id, member_id in self.members) for member_id in state.seats]
+
+    def on_detach(self, peer_id: int) -> None:
+        self.shell.peers.pop(peer_id, None)
+        member_id = self.member_of.get(peer_id)
+        if member_id is not None:
+            self._drop_connection(member_id, announce=True)
+
+    def _drop_connection(self, member_id: str, *, announce: bool) -> None:
+        peer = self.members.pop(member_id)
+        del self.member_of[peer.id]
+        self.shell.peers.pop(peer.id, None)
+        del self.since[member_id]
+        self.seen_through.pop(member_id, None)
+        self._cursor_gone(member_id)
+        if not announce:
+            return
+        self._broadcast(self._notice("session/disconnected", {"uuid": member_id}))
+        state = self.state_()
+        now = trio.current_time()
+        if member_id == state.host_id:
+            self.grace_deadline = now + self.config.host_grace
+        if not self.members:
+            self.idle_deadline = now + self.config.host_grace
+            self.sweep_deadline = None
+        self._check_host(now)
+
+    def _sweep(self, now: float) -> None:
+        for member_id, peer in list(self.members.items()):
+            if peer.closed and self.members.get(member_id) is peer:
+                self._drop_connection(member_id, announce=True)
+        self.sweep_deadline = now + SWEEP_INTERVAL if self.members else None
+
+    # Hosts ---------------------------------------------------------------
+
+    def _check_host(self, now: float) -> None:
+        """Promote a successor if the primary host is gone past its grace period."""
+        state = self.state
+        if state is None or state.host_id is None or state.host_id in self.members:
+            self.grace_deadline = None
+            return
+        if self.grace_deadline is not None and now < self.grace_deadline:
+            return
+        heir = successor(state, self.since, leaving=state.host_id)
+        if heir is None:
+            self.grace_deadline = None  # re-checked whenever someone connects
+            return
+        self.grace_deadline = None
+        previous = state.host_id
+        self._commit(ev.migrated(state, heir, manual=False), actor=None,
+                     event_id=self.s.deps.new_id())
+        log.info("room %s: host %s promoted after %s left", self.code, heir, previous)
+
+    # Events --------------------------------------------------------------
+
+    def on_inbound(self, m: Inbound) -> None:
+        member_id = self.member_of.get(m.peer_id)
+        if member_id is None:
+            return  # a superseded or departed connection's late frame
+        peer = self.members[member_id]
+        frame = m.frame
+        payload = frame.payload
+        if isinstance(payload, msg.CursorUpdate):
+            self.cursors.update(member_id, self.state_().seats[member_id].name,
+                                payload.scene_id, payload.position.x, payload.position.y)
+            if self.cursor_deadline is None:
+                self.cursor_deadline = trio.current_time() + 1.0 / self.config.cursor_tick_hz
+            return
+        event_id = frame.event_id
+        assert event_id is not None
+        prior = self.by_event_id.get(event_id)
+        if prior is not None:
+            if prior.actor_id != member_id:
+                peer.send(outbound.error(Code.INVALID, "eventId is already used",
+                                         self._now_ms(), event_id=event_id))
+                return
+            self._acknowledge(member_id, prior, prior.sequence, duplicate=True)
+            return
+        if not self._persist_has_room(3):
+            peer.send(outbound.error(Code.OVERLOADED, "the server is busy; send it again later",
+                                     self._now_ms(), event_id=event_id,
+                                     retryAfterMs=self._jitter(self.config.overload_retry_ms)))
+            return
+        state = self.state_()
+        context = ev.Context(actor_id=member_id, connected_since=self.since,
+                             new_id=self.s.deps.new_id, timestamp=self._now_ms(),
+                             max_chat_length=self.config.max_chat_length)
+        try:
+            planned = ev.plan(state, payload, context)
+        except Rejection as rejection:
+            self._reject(peer, frame, rejection)
+            return
+        applied: list[Event] = []
+        for index, item in enumerate(planned):
+            applied.append(self._commit(item, actor=member_id,
+                                        event_id=event_id if index == 0 else self.s.deps.new_id(),
+                                        gate=member_id))
+        self._acknowledge(member_id, applied[0], applied[-1].sequence, duplicate=False)
+        self._after(applied, member_id)
+
+    def _after(self, applied: list[Event], actor: str) -> None:
+        """Connection effects of session events: kicked and departed members go."""
+        for event in applied:
+            if event.name == "session/kicked":
+                target = event.data["playerId"]
+                peer = self.members.get(target)
+                if peer is not None:
+                    self._drop_connection(target, announce=False)
+                    peer.close(close.KICKED, "kicked")
+            elif event.name == "session/leave":
+                member_id = event.data["uuid"]
+                peer = self.members.get(member_id)
+                if peer is not None:
+                    self._drop_connection(member_id, announce=False)
+                    peer.close(close.NORMAL, "left")
+                if not self.members:
+                    self.idle_deadline = trio.current_time() + self.config.host_grace
+                    self.sweep_deadline = None
+
+    def _reject(self, peer: Peer, frame: msg.EventFrame, rejection: Rejection) -> None:
+        payload = frame.payload
+        assert not isinstance(payload, msg.CursorUpdate)
+        update_id = ev.update_id_of(payload)
+        now_ms = self._now_ms()
+        if update_id is None:
+            peer.send(outbound.error(rejection.code, rejection.message, now_ms,
+                                     event_id=frame.event_id))
+            return
+        version, current = ev.current_of(self.state_(), payload)
+        reason = rejection.code if rejection.code in UPDATE_REJECT_REASONS else Code.INVALID
+        data = {"updateId": update_id, "eventId": frame.event_id, "reason": str(reason),
+                "code": str(rejection.code), "message": rejection.message,
+                "currentVersion": rejection.detail.get("currentVersion", version),
+                "current": rejection.detail.get("current", current)}
+        peer.send(encode("update-rejected", data, now_ms))
+
+    def _commit(self, item: Planned, *, actor: str | None, event_id: str,
+                gate: str | None = None) -> Event:
+        """Sequence, apply, journal and broadcast one event (``gate``: the sender waits)."""
+        state = self.state_()
+        event = Event(sequence=state.sequence + 1, name=item.name, data=item.data,
+                      event_id=event_id, actor_id=actor, timestamp=self._now_ms(),
+                      secret=item.secret)
+        ev.apply(state, event, chat_history=self.config.chat_history)
+        self.journal.append(event)
+        self.by_event_id[event.event_id] = event
+        while len(self.journal) > self.config.journal_retain:
+            self.by_event_id.pop(self.journal.popleft().event_id, None)
+        self.marks.append((self._write(AppendEvent(code=self.code, event=event)), event.sequence))
+        self.since_snapshot += 1
+        if self.since_snapshot >= self.config.snapshot_every:
+            self._snapshot()
+        wire = event.wire()
+        for member_id, peer in self.members.items():
+            if member_id != gate and self.seen_through.get(member_id, 0) < event.sequence:
+                peer.send(wire)
+        if gate is not None:
+            self._pending_for(gate, event.sequence).events.append((event.sequence, wire))
+        return event
+
+    def _pending_for(self, member_id: str, sequence: int) -> _Pending:
+        if self.pending and self.pending[-1].member_id == member_id \
+                and self.pending[-1].sequence == sequence:
+            return self.pending[-1]
+        entry = _Pending(sequence=sequence, member_id=member_id, events=[], frames=[])
+        self.pending.append(entry)
+        return entry
+
+    def _acknowledge(self, member_id: str, event: Event, sequence: int, *,
+                     duplicate: bool) -> None:
+        """Send ``event-ack`` (and ``update-confirmed``) once ``sequence`` is durable."""
+        now_ms = self._now_ms()
+        frames = [encode("event-ack", {"eventId": event.event_id,
+                                       "serverSequence": event.sequence,
+                                       "duplicate": duplicate}, now_ms)]
+        update_id = event.data.get("updateId")
+        if update_id is not None:
+            frames.append(encode("update-confirmed", {
+                "updateId": update_id, "eventId": event.event_id,
+                "serverSequence": event.sequence, "version": event.data.get("version")}, now_ms))
+        if sequence <= self.durable_sequence:
+            peer = self.members.get(member_id)
+            if peer is not None:
+                for frame in frames:
+                    peer.send(frame)
+            return
+        tail = self.pending[-1] if self.pending else None
+        if tail is not None and tail.member_id == member_id and tail.sequence >= sequence:
+            tail.frames.extend(frames)
+        else:
+            # Keep the queue in sequence order; an ack may wait a little longer, never less.
+            at = max(sequence, tail.sequence if tail is not None else 0)
+            self.pending.append(_Pending(sequence=at, member_id=member_id, events=[],
+                                         frames=frames))
+
+    def on_committed(self, mark: int) -> None:
+        self.committed_mark = max(self.committed_mark, mark)
+        while self.marks and self.marks[0][0] <= mark:
+            self.durable_sequence = self.marks.popleft()[1]
+        while self.pending and self.pending[0].sequence <= self.durable_sequence:
+            entry = self.pending.popleft()
+            peer = self.members.get(entry.member_id)
+            if peer is None:
+                continue
+            seen = self.seen_through.get(entry.member_id, 0)
+            for sequence, wire in entry.events:
+                if sequence > seen:
+                    peer.send(wire)
+            for frame in entry.frames:
+                peer.send(frame)
+        self._maybe_idle()
+
+    # Cursors -------------------------------------------------------------
+
+    def _cursor_gone(self, member_id: str) -> None:
+        self.cursors.remove(member_id)
+        if self.cursors.pending and self.cursor_deadline is None:
+            self.cursor_deadline = trio.current_time() + 1.0 / self.config.cursor_tick_hz
+
+    def _tick_cursors(self) -> None:
+        self.cursor_deadline = None
+        if not self.cursors.pending:
+            return
+        for member_id, wire in self.cursors.flush(list(self.members), self._now_ms()):
+            self.members[member_id].send(wire)
+
+    # Durability ----------------------------------------------------------
+
+    def _write(self, write: Write) -> int:
+        self.mark += 1
+        self.backlog.append(Intent(write=write, notify=self.notify, mark=self.mark))
+        self._flush_backlog()
+        return self.mark
+
+    def _flush_backlog(self) -> None:
+        while self.backlog:
+            try:
+                self.s.persist.send_nowait(self.backlog[0])
+            except trio.WouldBlock:
+                return
+            self.backlog.popleft()
+
+    def _persist_has_room(self, count: int) -> bool:
+        """Admission control for client work: leave headroom for the room's own writes."""
+        if self.backlog:
+            return False
+        stats = self.s.persist.statistics()
+        return stats.current_buffer_used + count + 4 <= stats.max_buffer_size
+
+    def _snapshot(self) -> None:
+        state = self.state_()
+        self.since_snapshot = 0
+        self._write(PutSnapshot(code=self.code, sequence=state.sequence,
+                                snapshot=orjson.dumps(state.snapshot())))
+
+    def _put_room(self, status: Any, now_ms: int, *, created: bool = False) -> None:
+        state = self.state_()
+        self._write(PutRoom(code=self.code, status=status, last_activity=now_ms,
+                            epochs=tuple(self.epochs), host_id=state.host_id, created=created))
+
+    def _first_retained(self) -> int:
+        return self.journal[0].sequence if self.journal else self.state_().sequence + 1
+
+    # Lifecycle -----------------------------------------------------------
+
+    def _create(self) -> None:
+        self.state = RoomState(code=self.code)
+        self.epochs = [(1, 1)]
+        self._put_room("active", self._now_ms(), created=True)
+        log.info("room %s created", self.code)
+
+    def _wake(self) -> None:
+        """Someone arrived: stay up (and leave hibernation if it had begun)."""
+        self.idle_deadline = None
+        self.idle_requested = False
+        if self.hibernating:
+            self.hibernating = False
+            self._put_room("active", self._now_ms())
+            log.info("room %s woke from hibernation", self.code)
+
+    def _go_idle(self) -> None:
+        """Nobody has been connected for the grace period: hibernate, then ask to stop."""
+        if self.members:
+            return
+        state = self.state
+        if state is not None and not self.hibernating:
+            self._commit(Planned(name="session/hibernated",
+                                 data={"reconnectWindow": int(self.config.hibernation_timeout
+                                                              * 1000)}),
+                         actor=None, event_id=self.s.deps.new_id())
+            self._snapshot()
+            self._put_room("hibernating", self._now_ms())
+            self.hibernating = True
+            log.info("room %s hibernating", self.code)
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if self.members or self.idle_requested or self.idle_deadline is not None:
+            return
+        if not (self.hibernating or self.state is None or self.draining):
+            return
+        if self.committed_mark < self.mark:
+            return  # ask once everything is durable
+        if self.draining:
+            self.done = True
+            return
+        try:
+            self.s.registry.send_nowait(RoomIdle(code=self.code, generation=self.generation,
+                                                 attaches=self.shell.attaches))
+        except trio.WouldBlock:
+            self.idle_deadline = trio.current_time() + 0.1
+            return
+        self.idle_requested = True
+
+    def on_drain(self) -> None:
+        self.draining = True
+        now_ms = self._now_ms()
+        for member_id in list(self.members):
+            peer = self.members[member_id]
+            self._drop_connection(member_id, announce=False)
+            peer.close(close.SERVICE_RESTART, "server restart",
+                       outbound.backoff("server-restart",
+                                        self._jitter(self.config.restart_retry_ms), now_ms))
+        self.grace_deadline = self.idle_deadline = self.cursor_deadline = None
+        self.sweep_deadline = None
+        if self.state is not None:
+            if self.since_snapshot:
+                self._snapshot()
+            self._put_room("hibernating", now_ms)
+        self._maybe_idle()
+
+    # Helpers -------------------------------------------------------------
+
+    def state_(self) -> RoomState:
+        assert self.state is not None
+        return self.state
+
+    def _now_ms(self) -> int:
+        return self.s.deps.wall_ms()
+
+    def _jitter(self, base_ms: int) -> int:
+        return int(base_ms * self.s.deps.random.uniform(0.5, 1.5))
+
+    def _notice(self, name: str, data: dict[str, Any]) -> Wire:
+        return encode("event", {"name": name, **data}, self._now_ms())
+
+    def _broadcast(self, wire: Wire, exclude: str | None = None) -> None:
+        for member_id, peer in self.members.items():
+            if member_id != exclude:
+                peer.send(wire)
+
+
+async def run_room(services: Services, code: str, generation: int,
+                   inbox: trio.MemoryReceiveChannel[RoomMsg],
+                   notify: trio.MemorySendChannel[RoomMsg], *,
+                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run room ``code`` until it stops, restarting it from the store after a crash."""
+    shell = Shell()
+    crashes: deque[float] = deque()
+    task_status.started()
+    try:
+        with inbox, notify:
+            while True:
+                room = _Room(services, code, generation, shell, notify)
+                try:
+                    await room.run(inbox)
+                    return
+                except Exception:
+                    log.exception("room %s crashed; restarting it from the store", code)
+                now = trio.current_time()
+                crashes.append(now)
+                while crashes and crashes[0] < now - CRASH_WINDOW:
+                    crashes.popleft()
+                retry = outbound.backoff("room-restart", services.config.restart_retry_ms,
+                                         services.deps.wall_ms())
+                for peer in shell.peers.values():
+                    peer.close(close.SERVICE_RESTART, "room restart", retry)
+                shell.peers.clear()
+                if len(crashes) > MAX_CRASHES:
+                    log.error("room %s crashed %d times in %.0fs; stopping it", code,
+                              len(crashes), CRASH_WINDOW)
+                    room._refuse_all(inbox, Code.UNAVAILABLE, "the room is unavailable")
+                    return
+                done = trio.Event()
+                await services.persist.send(Flush(done=done))
+                await done.wait()
+    finally:
+        try:
+            services.registry.send_nowait(RoomExited(code=code, generation=generation))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            log.warning("room %s could not report its exit", code)

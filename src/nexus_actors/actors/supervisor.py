@@ -1,0 +1,161 @@
+"""The supervisor: starts every actor in one nursery and runs the drain on shutdown.
+
+``serve(config, ...)`` is callable from tests: give it in-memory listeners, a
+memory store and seeded deps, and it runs the real server under MockClock.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ..config import Config
+from ..deps import Deps
+from ..store.base import Store
+from ..store.memory import MemoryStore
+from .health import Health
+from .listener import Listener
+from .messages import CrashRoom, DrainRooms, QueryRooms, RegistryMsg
+from .persistence import Flush, PersistMsg, run_persistence
+from .registry import run_registry
+from .services import Services
+
+log = logging.getLogger("nexus_actors")
+
+REGISTRY_INBOX = 4096
+
+
+@attrs.define(kw_only=True)
+class Server:
+    """A running server, as returned by ``nursery.start(serve, ...)``."""
+
+    config: Config
+    health: Health
+    store: Store
+    listeners: list[trio.abc.Listener[trio.abc.Stream]]
+    listener: Listener
+    _registry: trio.MemorySendChannel[RegistryMsg]
+    _persist: trio.MemorySendChannel[PersistMsg]
+    _stop: trio.Event
+
+    @property
+    def ports(self) -> list[int]:
+        """TCP ports listened on (for servers started with ``port=0``)."""
+        found = []
+        for item in self.listeners:
+            if isinstance(item, trio.SocketListener):
+                found.append(item.socket.getsockname()[1])
+        return found
+
+    def shutdown(self) -> None:
+        """Begin the drain, as SIGTERM does."""
+        self._stop.set()
+
+    async def crash_room(self, code: str) -> None:
+        """Fault injection: make a live room actor raise."""
+        await self._registry.send(CrashRoom(code=code))
+
+    async def rooms(self) -> list[str]:
+        """Codes of the live room actors."""
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        await self._registry.send(QueryRooms(reply=send))
+        with receive:
+            info = await receive.receive()
+        rooms: list[str] = info["rooms"]
+        return rooms
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed."""
+        done = trio.Event()
+        await self._persist.send(Flush(done=done))
+        await done.wait()
+
+
+async def wait_for_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s; draining", signal.Signals(signum).name)
+            return
+
+
+async def serve(
+    config: Config,
+    *,
+    deps: Deps | None = None,
+    store: Store | None = None,
+    listeners: list[trio.abc.Listener[trio.abc.Stream]] | None = None,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = wait_for_signal,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``shutdown_trigger`` returns or :meth:`Server.shutdown`; then drain."""
+    deps = deps or Deps.production()
+    store = store if store is not None else MemoryStore(journal_retain=config.journal_retain)
+    health = Health(started_at=trio.current_time())
+    persist_send, persist_receive = trio.open_memory_channel[PersistMsg](config.persist_queue)
+    registry_send, registry_receive = trio.open_memory_channel[RegistryMsg](REGISTRY_INBOX)
+    services = Services(config=config, deps=deps, store=store, health=health,
+                        persist=persist_send, registry=registry_send)
+    listener = Listener.create(config, deps, health, registry_send)
+    if listeners is None:
+        listeners = list(await trio.open_tcp_listeners(config.port, host=config.host))
+    stop = trio.Event()
+    server = Server(config=config, health=health, store=store, listeners=listeners,
+                    listener=listener, registry=registry_send, persist=persist_send, stop=stop)
+    async with trio.open_nursery() as root:
+        await root.start(run_persistence, store, persist_receive, config, health)
+        await root.start(run_registry, services, registry_receive)
+        accepting = trio.CancelScope()
+        connections = await root.start(_nursery_forever)
+        root.start_soon(_accept, listener, listeners, connections, accepting)
+        if shutdown_trigger is not None:
+            root.start_soon(_trigger, shutdown_trigger, stop)
+        for port in server.ports:
+            log.info("listening on %s:%d", config.host, port)
+        task_status.started(server)
+        await stop.wait()
+        await _drain(server, accepting, registry_send, persist_send, listener)
+        root.cancel_scope.cancel()
+    log.info("stopped")
+
+
+async def _trigger(trigger: Callable[[], Awaitable[None]], stop: trio.Event) -> None:
+    await trigger()
+    stop.set()
+
+
+async def _nursery_forever(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()
+
+
+async def _accept(listener: Listener, listeners: list[trio.abc.Listener[trio.abc.Stream]],
+                  connections: trio.Nursery, scope: trio.CancelScope) -> None:
+    with scope:
+        await trio.serve_listeners(listener.handle, listeners, handler_nursery=connections)
+
+
+async def _drain(server: Server, accepting: trio.CancelScope,
+                 registry: trio.MemorySendChannel[RegistryMsg],
+                 persist: trio.MemorySendChannel[PersistMsg], listener: Listener) -> None:
+    """Stop accepting, send every client away with a hint, flush, within the deadline."""
+    config = server.config
+    server.health.draining = True
+    log.info("draining: %d connections", listener.open_connections)
+    with trio.move_on_after(config.drain_timeout) as deadline:
+        accepting.cancel()
+        rooms_done = trio.Event()
+        await registry.send(DrainRooms(done=rooms_done))
+        await rooms_done.wait()
+        flushed = trio.Event()
+        await persist.send(Flush(done=flushed))
+        await flushed.wait()
+        with trio.move_on_after(config.close_timeout + 1.0):
+            await listener.wait_all_closed()
+    if deadline.cancelled_caught:
+        log.warning("drain did not finish within %.1fs; exiting anyway", config.drain_timeout)

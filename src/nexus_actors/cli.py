@@ -1,0 +1,53 @@
+"""``nexus-actors``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from . import __version__
+from .actors.supervisor import serve
+from .config import Config, settings_table
+from .errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nexus-actors",
+                                     description="Realtime room server for virtual tabletops.")
+    parser.add_argument("--version", action="version", version=f"nexus-actors {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser(
+        "serve", help="run the server",
+        description="Run the server. Every setting also reads its environment variable.")
+    Config.add_arguments(serve_parser)
+    commands.add_parser("settings", help="print the settings table (Markdown)")
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "settings":
+        print(settings_table())
+        return 0
+    flags = {name: getattr(args, name) for name, _, _ in Config.settings()}
+    try:
+        config = Config.from_sources(flags, os.environ)
+    except ConfigError as exc:
+        print(f"nexus-actors: {exc.message}", file=sys.stderr)
+        return 2
+    _configure_logging(config.log_level)
+    try:
+        trio.run(serve, config)
+    except KeyboardInterrupt:  # a second Ctrl-C while draining
+        return 130
+    return 0

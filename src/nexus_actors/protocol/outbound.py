@@ -1,0 +1,43 @@
+"""Builders for the server's own frames (everything but room events)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from ..errors import Code
+from .wire import Wire, encode
+
+Quality = Literal["excellent", "good", "fair", "poor"]
+
+
+def quality_of(latency_ms: float) -> Quality:
+    """The seed plan's thresholds: < 100 ms excellent, < 200 good, < 400 fair, else poor."""
+    if latency_ms < 100:
+        return "excellent"
+    if latency_ms < 200:
+        return "good"
+    if latency_ms < 400:
+        return "fair"
+    return "poor"
+
+
+def error(code: Code, message: str, timestamp: int, *, event_id: str | None = None,
+          **detail: Any) -> Wire:
+    data: dict[str, Any] = {"code": str(code), "message": message}
+    if event_id is not None:
+        data["eventId"] = event_id
+    data.update(detail)
+    return encode("error", data, timestamp)
+
+
+def backoff(reason: str, retry_after_ms: int, timestamp: int) -> Wire:
+    return encode("backoff", {"retryAfterMs": retry_after_ms, "reason": reason}, timestamp)
+
+
+def ping(latency_ms: float, timestamp: int) -> Wire:
+    rounded = round(latency_ms, 1)
+    return encode("ping", {"latency": rounded, "quality": quality_of(latency_ms)}, timestamp)
+
+
+def heartbeat_pong(ping_id: Any, timestamp: int) -> Wire:
+    return encode("heartbeat", {"kind": "pong", "id": ping_id}, timestamp)

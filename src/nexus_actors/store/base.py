@@ -1,0 +1,88 @@
+"""The store seen by the server: durable rooms, journals and snapshots.
+
+All writes go through :meth:`Store.commit`, one batch per transaction, issued
+only by the persistence actor. Reads (:meth:`Store.load_room`) are issued by
+a room actor when it starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import attrs
+
+from ..room.events import Event
+
+RoomStatus = Literal["active", "hibernating", "abandoned"]
+
+
+@attrs.frozen(kw_only=True)
+class AppendEvent:
+    """Append one durable event to a room's journal."""
+
+    code: str
+    event: Event
+
+
+@attrs.frozen(kw_only=True)
+class PutSnapshot:
+    """Replace a room's snapshot (``snapshot`` is the JSON of ``RoomState.snapshot()``)."""
+
+    code: str
+    sequence: int
+    snapshot: bytes
+
+
+@attrs.frozen(kw_only=True)
+class PutRoom:
+    """Create or update a room's row: status, activity time and epoch history."""
+
+    code: str
+    status: RoomStatus
+    last_activity: int
+    "Wall-clock milliseconds."
+    epochs: tuple[tuple[int, int], ...]
+    "``(epoch, first sequence)`` pairs, oldest first; the last one is current."
+    host_id: str | None = None
+    created: bool = False
+    "A new room: replaces any abandoned room of the same code."
+
+
+Write = AppendEvent | PutSnapshot | PutRoom
+
+
+@attrs.frozen(kw_only=True)
+class RoomRecord:
+    """A room as the store holds it."""
+
+    code: str
+    status: RoomStatus
+    last_activity: int
+    epochs: tuple[tuple[int, int], ...]
+    snapshot: bytes | None
+    "Latest snapshot JSON, or ``None`` when the room has only a journal."
+    journal: Sequence[Event]
+    "Retained events in ``serverSequence`` order (at least every event after the snapshot)."
+
+
+class Store(Protocol):
+    """Durable storage for rooms. Implementations must make ``commit`` atomic."""
+
+    async def load_room(self, code: str) -> RoomRecord | None:
+        """The room's record, or ``None`` if the code was never used."""
+        ...
+
+    async def commit(self, writes: Sequence[Write]) -> None:
+        """Apply every write in one transaction, or none (raise ``StoreError``)."""
+        ...
+
+    async def abandon_idle(self, before: int) -> list[str]:
+        """Mark rooms hibernating since before ``before`` (ms) abandoned; return their codes."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``StoreError`` if the store cannot be reached."""
+        ...
+
+    async def aclose(self) -> None: ...

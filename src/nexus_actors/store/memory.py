@@ -1,0 +1,183 @@
+"""A trio-native in-memory store that behaves like the PostgreSQL one.
+
+Commits are atomic, journals are trimmed to ``journal_retain`` events per room,
+and faults can be injected: latency per commit, a pause (commits wait until
+resumed), failures before applying a batch and failures after applying it
+(the batch is durable but the caller sees an error). The deterministic tests
+and the simulation use it; nothing here touches the wall clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+import attrs
+import trio
+
+from ..errors import StoreError
+from ..room.events import Event
+from .base import AppendEvent, PutRoom, RoomRecord, RoomStatus, Write
+
+
+@attrs.define(kw_only=True)
+class _Row:
+    status: RoomStatus
+    last_activity: int
+    epochs: tuple[tuple[int, int], ...]
+    host_id: str | None = None
+    snapshot: bytes | None = None
+    snapshot_sequence: int = 0
+    journal: deque[Event] = attrs.Factory(deque)
+    event_ids: set[str] = attrs.Factory(set)
+
+
+class MemoryStore:
+    """In-memory :class:`~nexus_actors.store.Store` with fault injection."""
+
+    def __init__(self, *, journal_retain: int = 1000, latency: float = 0.0) -> None:
+        self.journal_retain = journal_retain
+        self.latency = latency
+        "Seconds each commit takes (``trio.sleep``, so MockClock controls it)."
+        self._rooms: dict[str, _Row] = {}
+        self._resumed: trio.Event | None = None
+        self._fail_before = 0
+        self._fail_after = 0
+        self.commits = 0
+        "Batches committed so far."
+        self.writes = 0
+        "Writes committed so far."
+
+    # Fault injection -----------------------------------------------------
+
+    def pause(self) -> None:
+        """Hold every commit and load until :meth:`resume`."""
+        if self._resumed is None:
+            self._resumed = trio.Event()
+
+    def resume(self) -> None:
+        if self._resumed is not None:
+            self._resumed.set()
+            self._resumed = None
+
+    def fail_next(self, count: int = 1, *, after_applying: bool = False) -> None:
+        """Make the next ``count`` commits fail, before or after the batch is applied."""
+        if after_applying:
+            self._fail_after += count
+        else:
+            self._fail_before += count
+
+    async def _gate(self) -> None:
+        await trio.lowlevel.checkpoint()
+        while self._resumed is not None:
+            await self._resumed.wait()
+        if self.latency:
+            await trio.sleep(self.latency)
+
+    # Store protocol ------------------------------------------------------
+
+    async def load_room(self, code: str) -> RoomRecord | None:
+        await self._gate()
+        row = self._rooms.get(code)
+        if row is None:
+            return None
+        return RoomRecord(code=code, status=row.status, last_activity=row.last_activity,
+                          epochs=row.epochs, snapshot=row.snapshot, journal=list(row.journal))
+
+    async def commit(self, writes: Sequence[Write]) -> None:
+        await self._gate()
+        if self._fail_before:
+            self._fail_before -= 1
+            raise StoreError("injected failure before commit")
+        self._apply(writes)
+        self.commits += 1
+        self.writes += len(writes)
+        if self._fail_after:
+            self._fail_after -= 1
+            raise StoreError("injected failure after commit")
+
+    def _apply(self, writes: Sequence[Write]) -> None:
+        # Check the whole batch first so a bad one changes nothing (one transaction).
+        next_sequence: dict[str, int] = {}
+        new_ids: dict[str, set[str]] = {}
+        exists: set[str] = set()
+        fresh: set[str] = set()
+        for write in writes:
+            row = None if write.code in fresh else self._rooms.get(write.code)
+            if isinstance(write, PutRoom):
+                exists.add(write.code)
+                if write.created and (row is None or row.status == "abandoned"):
+                    fresh.add(write.code)
+                    next_sequence.pop(write.code, None)
+                continue
+            if row is None and write.code not in exists:
+                raise StoreError(f"room {write.code} has no row")
+            if isinstance(write, AppendEvent):
+                expected = next_sequence.get(write.code)
+                if expected is None and row is not None and row.journal:
+                    expected = row.journal[-1].sequence + 1
+                if expected is not None and write.event.sequence != expected:
+                    raise StoreError(f"room {write.code}: event {write.event.sequence} "
+                                     f"does not follow {expected - 1}")
+                next_sequence[write.code] = write.event.sequence + 1
+                ids = new_ids.setdefault(write.code, set())
+                if write.event.event_id in ids or (
+                        row is not None and write.event.event_id in row.event_ids):
+                    raise StoreError(f"room {write.code}: duplicate eventId")
+                ids.add(write.event.event_id)
+        touched: set[str] = set()
+        for write in writes:
+            row = self._rooms.get(write.code)
+            if isinstance(write, PutRoom):
+                if row is None or (write.created and row.status == "abandoned"):
+                    row = self._rooms[write.code] = _Row(
+                        status=write.status, last_activity=write.last_activity,
+                        epochs=write.epochs, host_id=write.host_id)
+                else:
+                    row.status = write.status
+                    row.last_activity = write.last_activity
+                    row.epochs = write.epochs
+                    row.host_id = write.host_id
+            elif isinstance(write, AppendEvent):
+                assert row is not None
+                row.journal.append(write.event)
+                row.event_ids.add(write.event.event_id)
+            else:
+                assert row is not None
+                row.snapshot = write.snapshot
+                row.snapshot_sequence = write.sequence
+            touched.add(write.code)
+        for code in touched:
+            row = self._rooms[code]
+            # Keep the retained tail, but never drop an event the snapshot does not cover.
+            last = row.journal[-1].sequence if row.journal else 0
+            keep_after = min(row.snapshot_sequence, last - self.journal_retain)
+            while row.journal and row.journal[0].sequence <= keep_after:
+                row.event_ids.discard(row.journal.popleft().event_id)
+
+    async def abandon_idle(self, before: int) -> list[str]:
+        await self._gate()
+        codes = [code for code, row in self._rooms.items()
+                 if row.status == "hibernating" and row.last_activity < before]
+        for code in codes:
+            self._rooms[code].status = "abandoned"
+        return codes
+
+    async def ping(self) -> None:
+        await self._gate()
+
+    async def aclose(self) -> None:
+        return None
+
+    # Inspection (tests) --------------------------------------------------
+
+    def journal(self, code: str) -> list[Event]:
+        row = self._rooms.get(code)
+        return list(row.journal) if row else []
+
+    def status(self, code: str) -> RoomStatus | None:
+        row = self._rooms.get(code)
+        return row.status if row else None
+
+    def codes(self) -> list[str]:
+        return list(self._rooms)

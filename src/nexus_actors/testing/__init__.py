@@ -1,0 +1,14 @@
+"""Test support: the real server over in-memory streams and a protocol v1 client.
+
+Used by this project's tests and by the simulation; stable for users who
+want to test their own clients or bots against a real server in-process.
+"""
+
+from .client import ClientError as ClientError
+from .client import TestClient as TestClient
+from .client import query as query
+from .harness import TestServer as TestServer
+from .harness import open_server as open_server
+from .streams import MemoryListener as MemoryListener
+from .streams import MemoryStream as MemoryStream
+from .streams import stream_pair as stream_pair

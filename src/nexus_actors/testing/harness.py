@@ -1,0 +1,126 @@
+"""The real server over in-memory streams, for tests and the simulation.
+
+``async with open_server() as server:`` runs :func:`nexus_actors.serve` with
+a :class:`MemoryListener`, a :class:`~nexus_actors.store.MemoryStore` and
+seeded :class:`~nexus_actors.deps.Deps`. Under
+``MockClock(autojump_threshold=0)`` heartbeats, grace periods and hibernation
+timeouts that span minutes run in milliseconds, deterministically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from ..actors.supervisor import Server, serve
+from ..config import Config
+from ..deps import Deps
+from ..store.memory import MemoryStore
+from .client import TestClient, query
+from .streams import DEFAULT_CAPACITY, MemoryListener
+
+
+class TestServer:
+    """A running in-memory server and the means to connect to it."""
+
+    __test__ = False
+
+    def __init__(self, config: Config, deps: Deps, store: MemoryStore,
+                 nursery: trio.Nursery) -> None:
+        self.config = config
+        self.deps = deps
+        self.store = store
+        self.nursery = nursery
+        self.server: Server | None = None
+        self.listener = MemoryListener()
+        self._stopped = trio.Event()
+
+    async def start(self) -> None:
+        self.listener = MemoryListener()
+        self._stopped = trio.Event()
+        self.server = await self.nursery.start(self._run)
+
+    async def _run(self, *, task_status: trio.TaskStatus[Server]) -> None:
+        try:
+            await serve(self.config, deps=self.deps, store=self.store,
+                        listeners=[self.listener], shutdown_trigger=None,
+                        task_status=task_status)
+        finally:
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Drain the server as SIGTERM would, and wait until it has exited."""
+        if self.server is not None:
+            self.server.shutdown()
+            await self._stopped.wait()
+            self.server = None
+
+    async def restart(self) -> None:
+        """Drain, then start a fresh server process on the same store."""
+        await self.stop()
+        await self.start()
+
+    @property
+    def running(self) -> Server:
+        assert self.server is not None, "server is not running"
+        return self.server
+
+    # Clients -------------------------------------------------------------
+
+    async def connect(self, target: str, *, capacity: int = DEFAULT_CAPACITY,
+                      compress: bool = True, origin: str | None = None) -> TestClient:
+        """Open a WebSocket to ``target`` (``/ws?...``); nothing is read yet."""
+        stream = self.listener.connect(capacity)
+        return await TestClient.open(stream, target, self.nursery, compress=compress,
+                                     origin=origin)
+
+    async def _seated(self, client: TestClient, expected: str) -> TestClient:
+        first = await client.next("event")
+        if first["data"].get("name") != expected:
+            raise AssertionError(f"expected {expected}, got {first}")
+        await client.next("event-cursor")
+        return client
+
+    async def create(self, name: str = "Host", code: str | None = None,
+                     **options: Any) -> TestClient:
+        """A client that created a room (``session/created`` and cursor already read)."""
+        client = await self.connect(query(host=code or "", name=name), **options)
+        return await self._seated(client, "session/created")
+
+    async def join(self, code: str, name: str = "Player", **options: Any) -> TestClient:
+        client = await self.connect(query(join=code, name=name), **options)
+        return await self._seated(client, "session/joined")
+
+    async def resume(self, previous: TestClient, *, last_seen: int | None = None,
+                     epoch: int | None = None, **options: Any) -> TestClient:
+        """Take ``previous``'s seat back (reading ``session/reconnected``, not the cursor)."""
+        client = await self.connect(query(reconnect=previous.room, token=previous.token,
+                                          lastSeenSequence=last_seen, epoch=epoch), **options)
+        first = await client.next("event")
+        if first["data"].get("name") != "session/reconnected":
+            raise AssertionError(f"expected session/reconnected, got {first}")
+        return client
+
+
+@asynccontextmanager
+async def open_server(config: Config | None = None, *, seed: int = 0,
+                      store: MemoryStore | None = None,
+                      **overrides: Any) -> AsyncIterator[TestServer]:
+    """Run a server over in-memory streams for the duration of the block."""
+    config = (config or Config()).evolve(**overrides) if overrides else (config or Config())
+    store = store if store is not None else MemoryStore(journal_retain=config.journal_retain)
+    async with trio.open_nursery() as nursery:
+        harness = TestServer(config, Deps.seeded(seed), store, nursery)
+        await harness.start()
+        try:
+            yield harness
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(config.drain_timeout + 5):
+                await harness.stop()
+            nursery.cancel_scope.cancel()
+
+
+
