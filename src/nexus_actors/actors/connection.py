@@ -3,11 +3,14 @@
 This module is the only seam onto the WebSocket library: it drives
 ``websockets``' sans-I/O ``ServerProtocol`` from a small Trio shell, the way
 hypercorn drives h11 and wsproto. That gives permessage-deflate, Origin
-checks, size limits and a correct closing handshake, while the writer stays
-ours: it drains everything queued for the client and writes it with ONE
-``send_all``, reusing the frame bytes a broadcast built once for every
-recipient. Frames smaller than ``compress_min_bytes`` are sent uncompressed
-even when deflate was negotiated (RFC 7692 allows it per message).
+checks, size limits and a correct closing handshake, while writing stays
+ours: everything queued for the client goes out in ONE write, reusing the
+frame bytes a broadcast built once for every recipient. On a plain TCP socket
+that write is attempted at once, without blocking, when the room flushes
+(:meth:`Connection.write_now`); the writer task only runs when the socket
+pushes back or for the connection's own frames. Frames smaller than
+``compress_min_bytes`` are sent uncompressed even when deflate was
+negotiated (RFC 7692 allows it per message).
 
 The reader parses and validates frames (``protocol.inbound``) and forwards
 events to the room's mailbox; when the room's mailbox is full it stops
@@ -17,7 +20,10 @@ reading, so TCP pushes back on the client instead of memory growing.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import struct
+import sys
 from collections.abc import Callable
 
 import trio
@@ -73,8 +79,38 @@ class Connection:
         self.dropped = 0
         "Messages dropped by the rate limit since the last one that passed."
         self.floods = 0
+        self.socket = _plain_socket(stream)
+        "The TCP socket to read and write directly, or ``None`` (TLS, in-memory streams)."
+        self.writing = False
+        "The writer task is in the middle of a write."
+        self.leftover = b""
+        "The unsent tail of a direct write; the writer sends it first."
 
     # Writer -------------------------------------------------------------
+
+    def write_now(self) -> bool:
+        """Write what is queued without blocking; ``False``: the writer task must finish."""
+        peer = self.peer
+        if (self.socket is None or self.writing or self.leftover or peer.closing is not None
+                or peer.aborted or self.protocol.writes):
+            return False
+        frames = peer.take()
+        if len(frames) == 1:
+            data = self._frame_bytes(frames[0])
+        else:
+            data = b"".join([self._frame_bytes(wire) for wire in frames])
+        try:
+            # fileno() is -1 once the socket is closed: never a reused descriptor.
+            sent = os.write(self.socket.fileno(), data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            peer.abort()
+            return True
+        if sent == len(data):
+            return True
+        self.leftover = data[sent:]
+        return False
 
     def _frame_bytes(self, wire: Wire) -> bytes:
         if self.deflate and len(wire.payload) >= self.config.compress_min_bytes:
@@ -92,7 +128,8 @@ class Connection:
             if peer.aborted:
                 cancel.cancel()
                 return
-            buffer = bytearray()
+            buffer = bytearray(self.leftover)
+            self.leftover = b""
             for wire in peer.take():
                 buffer += self._frame_bytes(wire)
             request = peer.closing
@@ -101,14 +138,13 @@ class Connection:
                     buffer += self._frame_bytes(wire)
                 protocol.send_close(request.code, request.reason)
                 close_sent = True
-                cancel_after = trio.current_time() + self.config.close_timeout
-                cancel.deadline = min(cancel.deadline, cancel_after)
             eof = False
             for chunk in protocol.data_to_send():
                 if chunk:
                     buffer += chunk
                 else:
                     eof = True
+            self.writing = True
             try:
                 if buffer:
                     await self.stream.send_all(buffer)
@@ -117,6 +153,8 @@ class Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 cancel.cancel()
                 return
+            finally:
+                self.writing = False
             if eof:
                 cancel.cancel()
                 return
@@ -129,8 +167,8 @@ class Connection:
         await self._dispatch(self._handle_events())  # frames that came with the handshake
         while True:
             try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = await self._receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
             if not data:
                 protocol.receive_eof()
@@ -143,6 +181,24 @@ class Connection:
             if protocol.parser_exc is not None:
                 self._report_parser_error()
                 return
+
+    async def _receive(self) -> bytes | bytearray:
+        """The next bytes from the client (``b""`` at EOF).
+
+        On a plain TCP socket: wait until readable, then one non-blocking read. A client
+        sends a frame at a time, so trying the read first (as ``receive_some`` does)
+        would mostly cost an extra failed system call per frame.
+        """
+        socket = self.socket
+        if socket is None:
+            return await self.stream.receive_some(RECEIVE_SIZE)
+        while True:
+            await trio.lowlevel.wait_readable(socket)
+            try:
+                # fileno() is -1 once the socket is closed: never a reused descriptor.
+                return os.read(socket.fileno(), RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
 
     def _handle_events(self) -> list[bytes]:
         messages: list[bytes] = []
@@ -202,7 +258,8 @@ class Connection:
     def _rate_limited(self) -> None:
         self.dropped += 1
         if self.dropped == 1:
-            retry = max(1, round(self.bucket.retry_after() * 1000))
+            # Rounded up: a client that waits exactly this long must find a token.
+            retry = max(1, math.ceil(self.bucket.retry_after() * 1000))
             self.peer.send(outbound.error(Code.RATE_LIMITED, "too many messages; slow down",
                                           self.deps.wall_ms(), retryAfterMs=retry))
         if self.dropped >= self.config.rate_burst:
@@ -299,6 +356,8 @@ async def run_connection(stream: trio.abc.Stream, protocol: ServerProtocol,
     try:
         async with trio.open_nursery() as nursery:
             cancel = nursery.cancel_scope
+            peer.bind(cancel, config.close_timeout,
+                      conn.write_now if conn.socket is not None else None)
             nursery.start_soon(conn.writer, cancel)
             result: SessionResult | None = request if isinstance(request, Refused) else None
             with trio.move_on_after(config.handshake_timeout) as joining:
@@ -330,6 +389,13 @@ async def run_connection(stream: trio.abc.Stream, protocol: ServerProtocol,
             _detach(room, peer)
         with trio.CancelScope(shield=True), trio.move_on_after(1):
             await stream.aclose()
+
+
+def _plain_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The socket of a plain TCP stream on POSIX (where ``os.read``/``os.write`` work)."""
+    if isinstance(stream, trio.SocketStream) and sys.platform != "win32":
+        return stream.socket
+    return None
 
 
 def _give_back(replies: trio.MemoryReceiveChannel[SessionResult], peer: Peer) -> None:

@@ -21,7 +21,7 @@ from websockets.server import ServerProtocol
 
 from ..config import Config
 from ..deps import Deps
-from ..errors import Refusal
+from ..errors import Code, Refusal
 from ..protocol.connect import OpenRequest, parse_connect
 from ..protocol.http import json_response
 from . import peer as close
@@ -101,8 +101,9 @@ class Listener:
         try:
             opening = parse_connect(request.path, max_name_length=self.config.max_name_length)
         except Refusal as refusal:
-            opening = Refused(code=refusal.code, message=refusal.message,
-                              close_code=close.BAD_REQUEST)
+            close_code = (close.INVALID_TOKEN if refusal.code is Code.INVALID_TOKEN
+                          else close.BAD_REQUEST)
+            opening = Refused(code=refusal.code, message=refusal.message, close_code=close_code)
         peer = self.make_peer(next(self.ids), _address(stream))
         self.open_connections += 1
         try:

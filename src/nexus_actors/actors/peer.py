@@ -1,11 +1,17 @@
 """The handle other actors hold on one connection: a bounded outbox and a close request.
 
-Rooms fan out with :meth:`Peer.send`, which never blocks: it appends to the
-connection's outbox and wakes its writer. An outbox that grows past its frame
-or byte bound means the client cannot keep up; the peer is then closed with a
-``backoff`` hint (1013) and its queued frames are dropped. The client resumes
-and the journal replays what it missed, so the room never waits for its
-slowest member and memory stays bounded.
+Nothing here blocks. A room fans out with :meth:`Peer.queue` and, once per
+batch of messages it handled, calls :meth:`Peer.flush`: the connection then
+writes everything queued with one non-blocking write when the socket takes it,
+and only wakes its writer task when the socket pushes back. (Waking a task per
+frame is what makes a naive Trio relay slow.) :meth:`Peer.send` queues and
+wakes the writer at once, for frames a connection sends itself.
+
+An outbox that grows past its frame or byte bound means the client cannot keep
+up; the peer is then closed with a ``backoff`` hint (1013) and its queued
+frames are dropped. The client resumes and the journal replays what it
+missed, so the room never waits for its slowest member and memory stays
+bounded.
 """
 
 from __future__ import annotations
@@ -63,11 +69,28 @@ class Peer:
         self.aborted = False
         self.frames_sent = 0
         self.frames_dropped = 0
+        self._scope: trio.CancelScope | None = None
+        self._close_timeout = 0.0
+        self._write_now: Callable[[], bool] | None = None
+
+    def bind(self, scope: trio.CancelScope, close_timeout: float,
+             write_now: Callable[[], bool] | None) -> None:
+        """Called by the connection: its tasks' cancel scope and its non-blocking writer.
+
+        A close must finish within ``close_timeout`` and an abort ends the connection
+        at once, even if its writer is stuck in a write to a client that stopped
+        reading.
+        """
+        self._scope = scope
+        self._close_timeout = close_timeout
+        self._write_now = write_now
+        if self.aborted:
+            scope.cancel()
 
     # Producer side (rooms, the connection's own reader) --------------------
 
-    def send(self, wire: Wire) -> bool:
-        """Queue a frame. Returns ``False`` if it was dropped (closing, or outbox full)."""
+    def queue(self, wire: Wire) -> bool:
+        """Queue a frame for the next :meth:`flush`. ``False``: dropped (closing or full)."""
         if self.closing is not None or self.closed:
             self.frames_dropped += 1
             return False
@@ -79,8 +102,21 @@ class Peer:
             return False
         self._queue.append(wire)
         self._queued_bytes += len(wire)
-        self._wake.set()
         return True
+
+    def send(self, wire: Wire) -> bool:
+        """Queue a frame and wake the writer."""
+        if self.queue(wire):
+            self._wake.set()
+            return True
+        return False
+
+    def flush(self) -> None:
+        """Write what is queued now if the socket takes it, else hand it to the writer."""
+        if not self._queue:
+            return
+        if self._write_now is None or not self._write_now():
+            self._wake.set()
 
     def close(self, code: int, reason: str, *final: Wire, discard_pending: bool = False) -> None:
         """Ask the writer to send ``final`` frames and a close frame (first request wins)."""
@@ -92,11 +128,16 @@ class Peer:
             self._queued_bytes = 0
         self.closing = CloseRequest(code, reason, final)
         self._wake.set()
+        if self._scope is not None:
+            self._scope.deadline = min(self._scope.deadline,
+                                       trio.current_time() + self._close_timeout)
 
     def abort(self) -> None:
         """Drop the connection without a closing handshake (a dead peer)."""
         self.aborted = True
         self._wake.set()
+        if self._scope is not None:
+            self._scope.cancel()
 
     def wake(self) -> None:
         """Wake the writer (the protocol has control frames to send)."""

@@ -201,6 +201,8 @@ class _Room:
                     self.handle(message)
             if not self._stopped():
                 self.on_time(trio.current_time())
+            for peer in self.members.values():
+                peer.flush()
 
     def _stopped(self) -> bool:
         return self.done
@@ -370,21 +372,28 @@ class _Room:
             "epoch": self.epochs[-1][0],
         }
         now_ms = self._now_ms()
-        peer.send(encode("event", data, now_ms))
+        session = encode("event", data, now_ms)
+        peer.queue(session)
+        replay = ([event.wire() for event in self.journal if event.sequence > resume]
+                  if resume is not None else [])
+        if (peer.queued + len(replay) + 2 > peer.max_frames
+                or len(session) + sum(map(len, replay)) + 4096 > peer.max_bytes):
+            # A replay the outbox cannot hold would close the client as a slow consumer
+            # on every resume; the session frame carries the whole state instead.
+            resume, replay = None, []
         if resume is None:
             cursor = {"mode": "baseline", "sequence": state.sequence,
                       "replayThrough": state.sequence}
-            peer.send(encode("event-cursor", cursor, now_ms))
+            peer.queue(encode("event-cursor", cursor, now_ms))
         else:
             cursor = {"mode": "resume", "sequence": resume, "replayThrough": state.sequence}
-            peer.send(encode("event-cursor", cursor, now_ms))
-            for event in self.journal:
-                if event.sequence > resume:
-                    peer.send(event.wire())
+            peer.queue(encode("event-cursor", cursor, now_ms))
+            for wire in replay:
+                peer.queue(wire)
         self.seen_through[member_id] = state.sequence
         baseline = self.cursors.baseline(member_id, now_ms)
         if baseline is not None:
-            peer.send(baseline)
+            peer.queue(baseline)
 
     def _players(self) -> list[dict[str, Any]]:
         state = self.state_()
@@ -461,13 +470,13 @@ class _Room:
         prior = self.by_event_id.get(event_id)
         if prior is not None:
             if prior.actor_id != member_id:
-                peer.send(outbound.error(Code.INVALID, "eventId is already used",
+                peer.queue(outbound.error(Code.INVALID, "eventId is already used",
                                          self._now_ms(), event_id=event_id))
                 return
             self._acknowledge(member_id, prior, prior.sequence, duplicate=True)
             return
         if not self._persist_has_room(3):
-            peer.send(outbound.error(Code.OVERLOADED, "the server is busy; send it again later",
+            peer.queue(outbound.error(Code.OVERLOADED, "the server is busy; send it again later",
                                      self._now_ms(), event_id=event_id,
                                      retryAfterMs=self._jitter(self.config.overload_retry_ms)))
             return
@@ -513,7 +522,7 @@ class _Room:
         update_id = ev.update_id_of(payload)
         now_ms = self._now_ms()
         if update_id is None:
-            peer.send(outbound.error(rejection.code, rejection.message, now_ms,
+            peer.queue(outbound.error(rejection.code, rejection.message, now_ms,
                                      event_id=frame.event_id))
             return
         version, current = ev.current_of(self.state_(), payload)
@@ -522,7 +531,7 @@ class _Room:
                 "code": str(rejection.code), "message": rejection.message,
                 "currentVersion": rejection.detail.get("currentVersion", version),
                 "current": rejection.detail.get("current", current)}
-        peer.send(encode("update-rejected", data, now_ms))
+        peer.queue(encode("update-rejected", data, now_ms))
 
     def _commit(self, item: Planned, *, actor: str | None, event_id: str,
                 gate: str | None = None) -> Event:
@@ -543,7 +552,7 @@ class _Room:
         wire = event.wire()
         for member_id, peer in self.members.items():
             if member_id != gate and self.seen_through.get(member_id, 0) < event.sequence:
-                peer.send(wire)
+                peer.queue(wire)
         if gate is not None:
             self._pending_for(gate, event.sequence).events.append((event.sequence, wire))
         return event
@@ -572,7 +581,7 @@ class _Room:
             peer = self.members.get(member_id)
             if peer is not None:
                 for frame in frames:
-                    peer.send(frame)
+                    peer.queue(frame)
             return
         tail = self.pending[-1] if self.pending else None
         if tail is not None and tail.member_id == member_id and tail.sequence >= sequence:
@@ -595,9 +604,9 @@ class _Room:
             seen = self.seen_through.get(entry.member_id, 0)
             for sequence, wire in entry.events:
                 if sequence > seen:
-                    peer.send(wire)
+                    peer.queue(wire)
             for frame in entry.frames:
-                peer.send(frame)
+                peer.queue(frame)
         self._maybe_idle()
 
     # Cursors -------------------------------------------------------------
@@ -612,7 +621,7 @@ class _Room:
         if not self.cursors.pending:
             return
         for member_id, wire in self.cursors.flush(list(self.members), self._now_ms()):
-            self.members[member_id].send(wire)
+            self.members[member_id].queue(wire)
 
     # Durability ----------------------------------------------------------
 
@@ -737,7 +746,7 @@ class _Room:
     def _broadcast(self, wire: Wire, exclude: str | None = None) -> None:
         for member_id, peer in self.members.items():
             if member_id != exclude:
-                peer.send(wire)
+                peer.queue(wire)
 
 
 async def run_room(services: Services, code: str, generation: int,

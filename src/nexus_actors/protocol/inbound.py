@@ -24,6 +24,8 @@ from ..errors import Code, FrameError
 
 MAX_ID_LENGTH: Final = 64
 "Longest id (entity ids, event ids, update ids) accepted from a client."
+MAX_DEPTH: Final = 64
+"Deepest nesting of objects and arrays accepted in a client frame (orjson encodes 254)."
 
 
 class _Invalid(ValueError):
@@ -322,6 +324,19 @@ def _field_error(exc: Exception, name: str, event_id: str | None) -> FrameError:
                       event_id=event_id)
 
 
+def _too_deep(message: dict[str, Any]) -> bool:
+    """Whether objects and arrays nest more than :data:`MAX_DEPTH` levels (no recursion)."""
+    stack: list[tuple[Any, int]] = [(message, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        children = value.values() if type(value) is dict else value
+        stack.extend((child, depth + 1) for child in children
+                     if type(child) is dict or type(child) is list)
+    return False
+
+
 def decode(raw: bytes | str) -> ClientMessage:
     """Parse one client text message. Raises :class:`FrameError` with a stable code."""
     try:
@@ -330,6 +345,11 @@ def decode(raw: bytes | str) -> ClientMessage:
         raise FrameError("frame is not valid JSON", code=Code.INVALID_JSON) from None
     if type(message) is not dict:
         raise FrameError("frame must be a JSON object", code=Code.INVALID_FRAME)
+    if len(raw) > 2 * MAX_DEPTH and _too_deep(message):
+        # Deeper values would be accepted here and then fail to encode when echoed,
+        # broadcast or snapshotted.
+        raise FrameError(f"frame nests objects and arrays more than {MAX_DEPTH} levels deep",
+                         code=Code.INVALID_FRAME)
     kind = message.get("type")
     if type(kind) is not str:
         raise FrameError("frame needs a string 'type'", code=Code.INVALID_FRAME)
@@ -353,6 +373,25 @@ def decode(raw: bytes | str) -> ClientMessage:
                      event_id=event_id)
 
 
+_CURSOR_KEYS: Final = frozenset({"name", "sceneId", "position"})
+_POSITION_KEYS: Final = frozenset({"x", "y"})
+
+
+def _fast_cursor(data: dict[str, Any]) -> CursorUpdate | None:
+    """The hot path: a well-formed ``cursor/update`` without the converter (else ``None``)."""
+    if data.keys() != _CURSOR_KEYS:
+        return None
+    scene_id, position = data["sceneId"], data["position"]
+    if type(scene_id) is not str or type(position) is not dict or position.keys() != _POSITION_KEYS:
+        return None
+    x, y = position["x"], position["y"]
+    if (type(x) is float or type(x) is int) and (type(y) is float or type(y) is int):
+        x, y = float(x), float(y)
+        if math.isfinite(x) and math.isfinite(y):
+            return CursorUpdate(scene_id=scene_id, position=Position(x=x, y=y))
+    return None
+
+
 def _decode_event(data: Any, message: dict[str, Any], event_id: str | None) -> EventFrame:
     if type(data) is not dict:
         raise FrameError("event data must be an object", code=Code.INVALID_FIELD,
@@ -373,6 +412,11 @@ def _decode_event(data: Any, message: dict[str, Any], event_id: str | None) -> E
     if timestamp is not None and type(timestamp) not in (int, float):
         raise FrameError("timestamp must be a number", code=Code.INVALID_FIELD,
                          event_id=event_id)
+    if name == "cursor/update":
+        cursor = _fast_cursor(data)
+        if cursor is not None:
+            return EventFrame(name=name, payload=cursor, event_id=event_id,
+                              client_sequence=client_sequence)
     body = dict(data)
     del body["name"]
     try:

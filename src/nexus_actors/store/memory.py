@@ -102,13 +102,16 @@ class MemoryStore:
         new_ids: dict[str, set[str]] = {}
         exists: set[str] = set()
         fresh: set[str] = set()
+        statuses: dict[str, RoomStatus] = {}  # as this batch leaves each room so far
         for write in writes:
             row = None if write.code in fresh else self._rooms.get(write.code)
             if isinstance(write, PutRoom):
                 exists.add(write.code)
-                if write.created and (row is None or row.status == "abandoned"):
+                status = statuses.get(write.code, row.status if row is not None else None)
+                if write.created and status in (None, "abandoned"):
                     fresh.add(write.code)
                     next_sequence.pop(write.code, None)
+                statuses[write.code] = write.status
                 continue
             if row is None and write.code not in exists:
                 raise StoreError(f"room {write.code} has no row")

@@ -153,6 +153,9 @@ class TestClient:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     break
+                # Stalled while this read was in flight: hold the bytes unprocessed, so
+                # a ping that just arrived goes unanswered until unstall().
+                await self._running.wait()
                 if not data:
                     protocol.receive_eof()
                     await self._flush()

@@ -1,0 +1,216 @@
+"""Plain HTTP on the WebSocket port: /health, /ready (and why it is not ready), 404, 405,
+426 for a plain GET to /ws, no upgrade elsewhere, and malformed requests that must not
+hurt the server."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import orjson
+import trio
+import trio.testing
+
+from nexus_actors.errors import StoreError
+from nexus_actors.store.base import Write
+from nexus_actors.store.memory import MemoryStore
+from nexus_actors.testing import TestServer, open_server
+
+UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+
+
+class Reply(NamedTuple):
+    status: int
+    headers: dict[str, str]
+    "Lower-cased names."
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+async def read_to_eof(stream: trio.abc.Stream) -> bytes:
+    chunks = []
+    with trio.fail_after(60):
+        while chunk := await stream.receive_some():
+            chunks.append(chunk)
+    await stream.aclose()
+    return b"".join(chunks)
+
+
+def parse(raw: bytes) -> Reply:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    version, status, _ = status_line.split(" ", 2)
+    assert version == "HTTP/1.1"
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return Reply(int(status), headers, body)
+
+
+async def exchange(server: TestServer, request: bytes) -> bytes:
+    """Send ``request`` on a new connection; everything the server sent before closing."""
+    stream = server.listener.connect()
+    await stream.send_all(request)
+    return await read_to_eof(stream)
+
+
+async def get(server: TestServer, path: str) -> Reply:
+    return parse(await exchange(server, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()))
+
+
+async def assert_still_serving(server: TestServer) -> None:
+    assert (await get(server, "/health")).status == 200
+    host = await server.create("GM")
+    await host.send_event("chat/message", {"text": "hi"}, event_id="hi")
+    await host.until("event-ack", eventId="hi")
+
+
+class FailureSignal(MemoryStore):
+    """A memory store that sets :attr:`failed` when a commit raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = trio.Event()
+
+    async def commit(self, writes: Sequence[Write]) -> None:
+        try:
+            await super().commit(writes)
+        except StoreError:
+            self.failed.set()
+            raise
+
+
+async def test_health_is_200_json_with_status_ok_and_the_connection_count(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        await server.create("GM")
+        reply = await get(server, "/health")
+        assert reply.status == 200
+        assert reply.headers["content-type"] == "application/json"
+        assert int(reply.headers["content-length"]) == len(reply.body)
+        body = reply.json()
+        assert body["status"] == "ok"
+        assert body["connections"] == 1
+
+
+async def test_ready_is_200_when_the_server_can_take_rooms(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        reply = await get(server, "/ready")
+        assert reply.status == 200
+        assert reply.json() == {"ready": True}
+
+
+async def test_ready_is_503_while_draining(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        host = await server.create("GM")
+        early = server.listener.connect()  # accepted before the drain stops accepting:
+        assert (await get(server, "/health")).status == 200  # a later one was served
+        server.store.pause()  # holds the drain at its final flush
+        server.running.shutdown()
+        assert (await host.until("backoff"))["data"]["reason"] == "server-restart"
+
+        await early.send_all(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = parse(await read_to_eof(early))
+        assert reply.status == 503
+        assert reply.json() == {"ready": False, "reasons": ["draining"]}
+        server.store.resume()
+
+
+async def test_ready_is_503_after_a_failed_commit_until_one_succeeds(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = FailureSignal()
+    async with open_server(store=store) as server:
+        host = await server.create("GM")
+        store.fail_next(5)
+        await host.send_event("chat/message", {"text": "hi"}, event_id="hi")
+        await store.failed.wait()
+        assert not server.running.health.store_ok
+
+        reply = await get(server, "/ready")
+        assert reply.status == 503
+        body = reply.json()
+        assert body["ready"] is False
+        [reason] = body["reasons"]
+        assert reason.startswith("store unavailable")
+        assert (await get(server, "/health")).status == 200  # liveness is not readiness
+
+        await host.until("event-ack", eventId="hi")
+        assert (await get(server, "/ready")).json() == {"ready": True}
+
+
+async def test_unknown_path_is_404(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        reply = await get(server, "/metrics-nope?x=1")
+        assert reply.status == 404
+        assert reply.json() == {"error": "not found", "path": "/metrics-nope"}
+
+
+async def test_methods_other_than_get_are_405_allowing_get(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        for method in (b"POST", b"PUT", b"DELETE"):
+            reply = parse(await exchange(
+                server, method + b" /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"))
+            assert reply.status == 405
+            assert reply.headers["allow"] == "GET"
+
+
+async def test_request_with_a_body_is_closed_without_an_answer(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # websockets' request parser refuses any body, so no 405 can be sent.
+    async with open_server() as server:
+        raw = await exchange(server, b"POST /health HTTP/1.1\r\nHost: x\r\n"
+                                     b"Content-Length: 5\r\n\r\nhello")
+        assert raw == b""
+        await assert_still_serving(server)
+
+
+async def test_websocket_handshake_to_another_path_is_not_upgraded(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        raw = await exchange(server, b"GET /socket?host= HTTP/1.1\r\nHost: x\r\n"
+                                     + UPGRADE + b"\r\n")
+        reply = parse(raw)
+        assert reply.status == 404
+        assert "upgrade" not in reply.headers
+        assert server.running.listener.open_connections == 0
+
+
+async def test_plain_get_to_ws_is_426(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        reply = await get(server, "/ws?host=")
+        assert reply.status == 426
+        assert reply.headers["upgrade"].lower() == "websocket"
+
+
+async def test_overlong_request_line_is_refused_and_the_server_keeps_serving(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        reply = parse(await exchange(
+            server, b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"))
+        assert reply.status == 414
+        await assert_still_serving(server)
+
+
+async def test_garbage_is_closed_and_the_server_keeps_serving(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        assert await exchange(server, b"\x00\x01\xffnot http at all\r\n\r\n") == b""
+        await assert_still_serving(server)
+
+
+async def test_unfinished_request_is_closed_after_the_handshake_timeout(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server(handshake_timeout=10) as server:
+        stream = server.listener.connect()
+        await stream.send_all(b"GET /hea")
+        with trio.move_on_after(9):
+            await stream.receive_some()
+            raise AssertionError("closed before the handshake timeout")
+        assert await read_to_eof(stream) == b""
+        await assert_still_serving(server)

@@ -1,0 +1,151 @@
+"""Settings: defaults, environment, flags, one-line errors naming the setting, and the CLI."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from nexus_actors.cli import main
+from nexus_actors.config import Config, settings_table
+from nexus_actors.errors import ConfigError
+
+
+def test_no_sources_gives_the_documented_defaults() -> None:
+    config = Config.from_sources({}, {})
+    assert config == Config()
+    assert config.port == 5000
+    assert config.heartbeat_interval == 30.0
+    assert config.heartbeat_timeout == 10.0
+    assert config.host_grace == 15.0
+    assert config.hibernation_timeout == 600.0
+    assert config.cursor_tick_hz == 20.0
+    assert config.max_message_bytes == 65536
+    assert config.max_players == 16
+    assert config.log_level == "info"
+
+
+def test_environment_variables_set_values_with_their_types() -> None:
+    config = Config.from_sources({}, {
+        "PORT": "6001", "NEXUS_HEARTBEAT_INTERVAL": "2.5", "NEXUS_HOST_GRACE": "0",
+        "NEXUS_MAX_PLAYERS": " 4 ", "LOG_LEVEL": "DEBUG", "NEXUS_HOST": "127.0.0.1",
+    })
+    assert config.port == 6001
+    assert config.heartbeat_interval == 2.5
+    assert config.host_grace == 0.0
+    assert config.max_players == 4
+    assert config.log_level == "debug"
+    assert config.host == "127.0.0.1"
+
+
+def test_flags_win_over_the_environment() -> None:
+    config = Config.from_sources({"port": "7000", "max_players": None},
+                                 {"PORT": "6000", "NEXUS_MAX_PLAYERS": "3"})
+    assert config.port == 7000
+    assert config.max_players == 3
+
+
+def test_a_flag_hides_a_bad_environment_value_for_the_same_setting() -> None:
+    assert Config.from_sources({"port": "7000"}, {"PORT": "abc"}).port == 7000
+
+
+def test_keyword_overrides_win_over_everything() -> None:
+    config = Config.from_sources({"port": "7000"}, {"PORT": "6000"}, port=1234)
+    assert config.port == 1234
+
+
+def test_blank_environment_values_are_ignored() -> None:
+    config = Config.from_sources({}, {"PORT": "", "NEXUS_HEARTBEAT_INTERVAL": "   ",
+                                      "LOG_LEVEL": ""})
+    assert config == Config()
+
+
+def test_unrelated_environment_variables_are_ignored() -> None:
+    assert Config.from_sources({}, {"HOME": "/root", "NEXUS_UNKNOWN": "x"}) == Config()
+
+
+@pytest.mark.parametrize(("env", "value"), [
+    ("NEXUS_HEARTBEAT_INTERVAL", "abc"),
+    ("NEXUS_HEARTBEAT_INTERVAL", "0"),
+    ("NEXUS_HEARTBEAT_INTERVAL", "-1"),
+    ("NEXUS_HEARTBEAT_INTERVAL", "nan"),
+    ("NEXUS_HEARTBEAT_INTERVAL", "inf"),
+    ("NEXUS_HEARTBEAT_TIMEOUT", "0"),
+    ("NEXUS_HOST_GRACE", "-0.5"),
+    ("NEXUS_HIBERNATION_TIMEOUT", "soon"),
+    ("NEXUS_CURSOR_TICK_HZ", "0"),
+    ("NEXUS_CURSOR_TICK_HZ", "1001"),
+    ("NEXUS_MAX_MESSAGE_BYTES", "100"),
+    ("NEXUS_MAX_PLAYERS", "0"),
+    ("NEXUS_MAX_PLAYERS", "2.5"),
+    ("PORT", "70000"),
+    ("PORT", "-1"),
+    ("PORT", "http"),
+    ("PORT", "80\n80"),
+    ("LOG_LEVEL", "loud"),
+])
+def test_every_bad_value_fails_with_one_line_naming_the_setting(env: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_sources({}, {env: value})
+    message = caught.value.message
+    assert env in message
+    assert repr(value) in message
+    assert "\n" not in message
+
+
+def test_a_bad_flag_is_named_by_its_flag() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_sources({"heartbeat_timeout": "-3"}, {})
+    assert "--heartbeat-timeout" in caught.value.message
+    assert "\n" not in caught.value.message
+
+
+def test_a_blank_flag_is_an_error_not_a_default() -> None:
+    with pytest.raises(ConfigError, match="--port"):
+        Config.from_sources({"port": ""}, {})
+
+
+def test_boundary_values_are_accepted() -> None:
+    config = Config.from_sources({}, {"PORT": "0", "NEXUS_CURSOR_TICK_HZ": "1000",
+                                      "NEXUS_MAX_MESSAGE_BYTES": "256"})
+    assert (config.port, config.cursor_tick_hz, config.max_message_bytes) == (0, 1000.0, 256)
+    assert Config.from_sources({}, {"PORT": "65535"}).port == 65535
+
+
+def test_settings_table_lists_every_setting_with_env_flag_and_default() -> None:
+    table = settings_table().splitlines()
+    settings = Config.settings()
+    assert len(table) == 2 + len(settings)
+    for row, (_name, meta, default) in zip(table[2:], settings, strict=True):
+        assert f"`{meta.env}`" in row
+        assert f"`{meta.flag}`" in row
+        assert f"`{default}`" in row
+        assert meta.help in row
+
+
+def test_every_config_field_is_a_setting() -> None:
+    assert [name for name, _, _ in Config.settings()] == [f.name for f in attrs.fields(Config)]
+
+
+def test_cli_serve_with_a_bad_environment_exits_2_with_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("NEXUS_HEARTBEAT_INTERVAL", "abc")
+    assert main(["serve"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1
+    assert "NEXUS_HEARTBEAT_INTERVAL" in lines[0]
+    assert captured.out == ""
+
+
+def test_cli_serve_with_a_bad_flag_exits_2_naming_the_flag(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("PORT", raising=False)
+    assert main(["serve", "--port", "70000"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert "--port" in lines[0]
+
+
+def test_cli_settings_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["settings"]) == 0
+    assert capsys.readouterr().out == settings_table() + "\n"
