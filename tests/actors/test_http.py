@@ -150,14 +150,24 @@ async def test_unknown_path_is_404(autojump_clock: trio.testing.MockClock) -> No
         assert reply.json() == {"error": "not found", "path": "/metrics-nope"}
 
 
-async def test_methods_other_than_get_are_405_allowing_get(
+async def test_methods_other_than_get_and_head_are_405(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server() as server:
         for method in (b"POST", b"PUT", b"DELETE"):
             reply = parse(await exchange(
                 server, method + b" /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"))
             assert reply.status == 405
-            assert reply.headers["allow"] == "GET"
+            assert reply.headers["allow"] == "GET, HEAD"
+
+
+async def test_head_answers_the_get_headers_without_a_body(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        raw = await exchange(server, b"HEAD /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert b"Content-Length: 14" in head  # the length of {"ready":true}
+        assert body == b""
 
 
 async def test_request_with_a_body_is_closed_without_an_answer(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 
@@ -105,11 +104,26 @@ async def test_join_wakes_a_hibernating_room(autojump_clock: trio.testing.MockCl
         assert ana.session["sequence"] == seen + 2  # session/hibernated, then the join
         assert set(ana.session["state"]["scenes"]) == {"s1"}
         assert ana.session["hostId"] == host.uuid
+        # The host has been away far longer than its grace: the joiner takes over at once.
+        migrated = await ana.until("event", "session/host-migrated")
+        assert migrated["data"] == {"name": "session/host-migrated", "newHostId": ana.uuid,
+                                    "previousHostId": host.uuid, "manual": False}
+        assert migrated["serverSequence"] == seen + 3
         await server.running.flush()
         assert server.store.status(host.room) == "active"
         assert host.room in await server.running.rooms()
         ack = await chatted(ana, "a1")
-        assert ack["data"]["serverSequence"] == seen + 3
+        assert ack["data"]["serverSequence"] == seen + 4
+
+
+async def test_untouched_hibernating_room_is_abandoned_by_the_janitor(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server(host_grace=GRACE, hibernation_timeout=TIMEOUT) as server:
+        host, _ = await hibernated_room(server)
+        await trio.sleep(TIMEOUT / 2)
+        assert server.store.status(host.room) == "hibernating"
+        await trio.sleep(TIMEOUT)  # nobody connects: the sweep alone must notice
+        assert server.store.status(host.room) == "abandoned"
 
 
 async def test_room_hibernating_past_the_timeout_is_abandoned(
@@ -399,10 +413,6 @@ async def test_failed_commits_are_retried_until_acked(
         assert (await ana.until("event", "scene/create"))["eventId"] == "s1"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a commit that applied but reported failure is retried as is; the store refuses "
-    "the repeated events (sequence/eventId already there), so the persistence actor "
-    "retries forever: no ack ever arrives, for any room of the server, and /ready stays 503"))
 async def test_commit_failing_after_applying_is_retried_without_a_duplicate(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server() as server:
@@ -418,3 +428,37 @@ async def test_commit_failing_after_applying_is_retried_without_a_duplicate(
         ack = await acked(host, "s2")
         assert ack["data"]["serverSequence"] == host.last_sequence()
         assert journal_ids(server, host.room).count("s2") == 1
+
+
+async def test_drain_delivers_pending_acks_before_sending_clients_away(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        host = await server.create("GM")
+        server.store.latency = 0.5  # every commit takes half a second
+        await host.send_event("scene/create", scene("late"), event_id="late")
+        await trio.sleep(0.1)
+        await server.stop()
+        kinds = [f["type"] for f in host.frames]
+        assert kinds[-3:] == ["event", "event-ack", "backoff"]
+        assert host.frames[-2]["data"]["eventId"] == "late"
+        assert host.close_code == 1012
+
+
+async def test_drain_refuses_new_durable_events_with_a_retry_hint(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        host = await server.create("GM")
+        ana = await server.join(host.room, "Ana")
+        server.store.pause()
+        await host.send_event("scene/create", scene("s1"), event_id="s1")
+        await ana.until("event", "scene/create")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.stop)
+            await trio.sleep(0.5)  # draining, waiting for the paused store
+            await ana.send_event("chat/message", {"text": "too late"}, event_id="late")
+            refusal = await ana.until("error")
+            assert refusal["data"]["code"] == "unavailable"
+            assert refusal["data"]["eventId"] == "late"
+            server.store.resume()
+        assert "late" not in journal_ids(server, host.room)
+        assert journal_ids(server, host.room).count("s1") == 1

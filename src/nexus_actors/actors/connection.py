@@ -56,8 +56,10 @@ log = logging.getLogger("nexus_actors.connection")
 RECEIVE_SIZE = 65536
 CREATE_ATTEMPTS = 5
 "Server-picked room codes tried before giving up (a picked code may exist in the store)."
-FLOOD_CLOSE_AFTER = 3
-"Rate-limit windows in a row (each ``rate_burst`` dropped messages) before a flood closes."
+FLOOD_TOLERANCE = 3
+"A flood closes after this many bursts of dropped messages (forgiven at a tenth of the rate)."
+NOTICE_INTERVAL = 1.0
+"Seconds between two ``rate-limited`` errors to one connection (no error storm)."
 
 
 class Connection:
@@ -74,11 +76,12 @@ class Connection:
         self.fragments: list[bytes] = []
         self.room: trio.MemorySendChannel[RoomMsg] | None = None
         self.pongs: dict[bytes, trio.Event] = {}
-        self.bucket = TokenBucket(config.rate_limit, config.rate_burst,
-                                  updated=trio.current_time())
-        self.dropped = 0
-        "Messages dropped by the rate limit since the last one that passed."
-        self.floods = 0
+        now = trio.current_time()
+        self.bucket = TokenBucket(config.rate_limit, config.rate_burst, updated=now)
+        self.abuse = TokenBucket(config.rate_limit / 10, FLOOD_TOLERANCE * config.rate_burst,
+                                 updated=now)
+        "Each dropped message takes a token; a client that empties it is flooding."
+        self.next_notice = now
         self.socket = _plain_socket(stream)
         "The TCP socket to read and write directly, or ``None`` (TLS, in-memory streams)."
         self.writing = False
@@ -241,9 +244,8 @@ class Connection:
         for raw in messages:
             now = trio.current_time()
             if not self.bucket.take(now):
-                self._rate_limited()
+                self._rate_limited(now)
                 continue
-            self.dropped = 0
             try:
                 message = inbound.decode(raw)
             except FrameError as exc:
@@ -255,22 +257,19 @@ class Connection:
                 continue
             await self._to_room(Inbound(peer_id=self.peer.id, frame=message))
 
-    def _rate_limited(self) -> None:
-        self.dropped += 1
-        if self.dropped == 1:
-            # Rounded up: a client that waits exactly this long must find a token.
-            retry = max(1, math.ceil(self.bucket.retry_after() * 1000))
+    def _rate_limited(self, now: float) -> None:
+        """Drop a message over the rate: tell the client (at most once a second); close floods."""
+        if now >= self.next_notice:
+            self.next_notice = now + NOTICE_INTERVAL
+            retry = max(1, math.ceil(self.bucket.retry_after() * 1000))  # enough, never short
             self.peer.send(outbound.error(Code.RATE_LIMITED, "too many messages; slow down",
                                           self.deps.wall_ms(), retryAfterMs=retry))
-        if self.dropped >= self.config.rate_burst:
-            self.dropped = 0
-            self.floods += 1
-            if self.floods >= FLOOD_CLOSE_AFTER:
-                now_ms = self.deps.wall_ms()
-                self.peer.close(close.POLICY, "flooding",
-                                outbound.backoff("flooding", self.config.overload_retry_ms * 5,
-                                                 now_ms),
-                                discard_pending=True)
+        if not self.abuse.take(now):
+            log.info("connection %s is flooding; closing", self.peer.id)
+            self.peer.close(close.POLICY, "flooding",
+                            outbound.backoff("flooding", self.config.overload_retry_ms * 5,
+                                             self.deps.wall_ms()),
+                            discard_pending=True)
 
     async def _to_room(self, message: RoomMsg) -> None:
         room = self.room

@@ -82,7 +82,10 @@ class Listener:
             if path == WEBSOCKET_PATH:
                 await self._websocket(stream, protocol, request)
             else:
-                protocol.send_response(self.route(request, path))
+                response = self.route(request, path)
+                if request.method == "HEAD":
+                    response.body = b""  # same headers as GET, no body
+                protocol.send_response(response)
                 await _flush(stream, protocol)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -116,8 +119,9 @@ class Listener:
                 self._all_closed = trio.Event()
 
     def route(self, request: Request, path: str) -> Response:
-        if request.method != "GET":
-            return json_response(405, {"error": "method not allowed"}, extra={"Allow": "GET"})
+        if request.method not in ("GET", "HEAD"):
+            return json_response(405, {"error": "method not allowed"},
+                                 extra={"Allow": "GET, HEAD"})
         if path == "/health":
             return json_response(200, {"status": "ok",
                                        "uptime": round(trio.current_time()

@@ -63,6 +63,8 @@ SWEEP_INTERVAL = 5.0
 "Seconds between checks for connections that vanished without a Detach."
 BACKLOG_RETRY = 0.01
 "Seconds between retries of writes the persistence queue could not take."
+DRAIN_ACK_WAIT = 2.0
+"Seconds a draining room waits for its writes to commit before closing its clients."
 MAX_CRASHES = 3
 CRASH_WINDOW = 60.0
 MAX_EPOCHS = 16
@@ -133,6 +135,7 @@ class _Room:
         self.idle_deadline: float | None = None
         self.cursor_deadline: float | None = None
         self.sweep_deadline: float | None = None
+        self.drain_deadline: float | None = None
         self.idle_requested = False
         self.draining = False
         self.done = False
@@ -173,7 +176,11 @@ class _Room:
         self._put_room("active", now_ms)
         now = trio.current_time()
         if state.host_id is not None:
-            self.grace_deadline = now + self.config.host_grace
+            # After a restart the host gets its grace period again; a room that hibernated
+            # has had nobody connected for longer than that, so whoever comes first and
+            # is eligible may be promoted at once.
+            hibernated = bool(record.journal) and record.journal[-1].name == "session/hibernated"
+            self.grace_deadline = now if hibernated else now + self.config.host_grace
         self.idle_deadline = now + self.config.host_grace
 
     # Loop ----------------------------------------------------------------
@@ -219,7 +226,7 @@ class _Room:
 
     def _next_deadline(self) -> float:
         deadlines = [d for d in (self.grace_deadline, self.idle_deadline, self.cursor_deadline,
-                                 self.sweep_deadline) if d is not None]
+                                 self.sweep_deadline, self.drain_deadline) if d is not None]
         if self.backlog:
             deadlines.append(trio.current_time() + BACKLOG_RETRY)
         return min(deadlines) if deadlines else float("inf")
@@ -252,6 +259,8 @@ class _Room:
         if self.idle_deadline is not None and now >= self.idle_deadline:
             self.idle_deadline = None
             self._go_idle()
+        if self.drain_deadline is not None and now >= self.drain_deadline:
+            self._drain_step()
 
     # Seats ---------------------------------------------------------------
 
@@ -295,6 +304,7 @@ class _Room:
                 return
             self._wake()
             old = self.members.get(member_id)
+            was_connected = old is not None
             if old is not None:
                 self._drop_connection(member_id, announce=False)
                 old.close(close.SUPERSEDED, "superseded",
@@ -306,8 +316,9 @@ class _Room:
                           resume=resume_point(
                               request.last_seen, request.epoch, sequence=state.sequence,
                               epochs=self.epochs, first_retained=self._first_retained()))
-            self._broadcast(self._notice("session/connected", {"uuid": member_id}),
-                            exclude=member_id)
+            if not was_connected:
+                self._broadcast(self._notice("session/connected", {"uuid": member_id}),
+                                exclude=member_id)
         else:
             if len(state.seats) >= self.config.max_players:
                 self._refuse(a, Code.ROOM_FULL,
@@ -467,6 +478,11 @@ class _Room:
             return
         event_id = frame.event_id
         assert event_id is not None
+        if self.draining:
+            peer.queue(outbound.error(Code.UNAVAILABLE, "the server is restarting; send it again "
+                                      "after you reconnect", self._now_ms(), event_id=event_id,
+                                      retryAfterMs=self.config.restart_retry_ms))
+            return
         prior = self.by_event_id.get(event_id)
         if prior is not None:
             if prior.actor_id != member_id:
@@ -607,6 +623,8 @@ class _Room:
                     peer.queue(wire)
             for frame in entry.frames:
                 peer.queue(frame)
+        if self.draining:
+            self._drain_step()
         self._maybe_idle()
 
     # Cursors -------------------------------------------------------------
@@ -712,20 +730,32 @@ class _Room:
         self.idle_requested = True
 
     def on_drain(self) -> None:
+        """The server is stopping: flush, deliver the acks, then send everyone away."""
         self.draining = True
         now_ms = self._now_ms()
-        for member_id in list(self.members):
-            peer = self.members[member_id]
-            self._drop_connection(member_id, announce=False)
-            peer.close(close.SERVICE_RESTART, "server restart",
-                       outbound.backoff("server-restart",
-                                        self._jitter(self.config.restart_retry_ms), now_ms))
         self.grace_deadline = self.idle_deadline = self.cursor_deadline = None
         self.sweep_deadline = None
         if self.state is not None:
             if self.since_snapshot:
                 self._snapshot()
             self._put_room("hibernating", now_ms)
+        self.drain_deadline = trio.current_time() + min(DRAIN_ACK_WAIT,
+                                                        self.config.drain_timeout / 4)
+        self._drain_step()
+
+    def _drain_step(self) -> None:
+        """Once everything is durable (acks sent) or the wait is over, close every client."""
+        if self.members and (self.committed_mark >= self.mark or self.drain_deadline is None
+                             or trio.current_time() >= self.drain_deadline):
+            now_ms = self._now_ms()
+            for member_id in list(self.members):
+                peer = self.members[member_id]
+                self._drop_connection(member_id, announce=False)
+                peer.close(close.SERVICE_RESTART, "server restart",
+                           outbound.backoff("server-restart",
+                                            self._jitter(self.config.restart_retry_ms), now_ms))
+        if not self.members:
+            self.drain_deadline = None
         self._maybe_idle()
 
     # Helpers -------------------------------------------------------------
@@ -770,10 +800,11 @@ async def run_room(services: Services, code: str, generation: int,
                 crashes.append(now)
                 while crashes and crashes[0] < now - CRASH_WINDOW:
                     crashes.popleft()
-                retry = outbound.backoff("room-restart", services.config.restart_retry_ms,
-                                         services.deps.wall_ms())
+                base = services.config.restart_retry_ms
                 for peer in shell.peers.values():
-                    peer.close(close.SERVICE_RESTART, "room restart", retry)
+                    retry = int(base * services.deps.random.uniform(0.5, 1.5))
+                    peer.close(close.SERVICE_RESTART, "room restart",
+                               outbound.backoff("room-restart", retry, services.deps.wall_ms()))
                 shell.peers.clear()
                 if len(crashes) > MAX_CRASHES:
                     log.error("room %s crashed %d times in %.0fs; stopping it", code,

@@ -19,6 +19,7 @@ from ..deps import Deps
 from ..store.base import Store
 from ..store.memory import MemoryStore
 from .health import Health
+from .janitor import run_janitor
 from .listener import Listener
 from .messages import CrashRoom, DrainRooms, QueryRooms, RegistryMsg
 from .persistence import Flush, PersistMsg, run_persistence
@@ -109,6 +110,7 @@ async def serve(
     async with trio.open_nursery() as root:
         await root.start(run_persistence, store, persist_receive, config, health)
         await root.start(run_registry, services, registry_receive)
+        await root.start(run_janitor, services)
         accepting = trio.CancelScope()
         connections = await root.start(_nursery_forever)
         root.start_soon(_accept, listener, listeners, connections, accepting)

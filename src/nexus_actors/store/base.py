@@ -74,7 +74,13 @@ class Store(Protocol):
         ...
 
     async def commit(self, writes: Sequence[Write]) -> None:
-        """Apply every write in one transaction, or none (raise ``StoreError``)."""
+        """Apply every write in one transaction, or none (raise ``StoreError``).
+
+        A batch may be retried after an error raised once it had committed (the
+        connection failed before the acknowledgement): events already in the journal
+        with the same ``serverSequence`` and ``eventId`` are skipped, so a retry never
+        writes anything twice and never fails because of the first attempt.
+        """
         ...
 
     async def abandon_idle(self, before: int) -> list[str]:

@@ -40,6 +40,7 @@ class TestClient:
     """One WebSocket client connection."""
 
     __test__ = False  # not a pytest test class
+    _instances = itertools.count(1)
 
     def __init__(self, stream: trio.abc.Stream, protocol: ClientProtocol) -> None:
         self.stream = stream
@@ -54,6 +55,7 @@ class TestClient:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self._ids = itertools.count(1)
+        self._instance = next(TestClient._instances)
         self.session: dict[str, Any] = {}
         "``data`` of the first ``session/*`` frame."
         self.response: Response | None = None
@@ -115,7 +117,8 @@ class TestClient:
         await self.send_text(orjson.dumps(message))
 
     def next_event_id(self) -> str:
-        return f"{self.session.get('uuid', 'client')[:8]}-{next(self._ids)}"
+        """An eventId unique to this connection (a resumed seat does not reuse old ones)."""
+        return f"{self.session.get('uuid', 'client')[:8]}-{self._instance}-{next(self._ids)}"
 
     async def send_event(self, name: str, data: dict[str, Any] | None = None, *,
                          event_id: str | None = None, client_sequence: int | None = None) -> str:
