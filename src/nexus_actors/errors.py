@@ -31,7 +31,6 @@ class Code(enum.StrEnum):
     ROOM_FULL = "room-full"
     INVALID_TOKEN = "invalid-token"
     SUPERSEDED = "superseded"
-    KICKED = "kicked"
     # Room rules.
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not-found"

@@ -186,3 +186,18 @@ async def test_invalid_cursor_updates_get_invalid_field_and_change_nothing(
         await ana.cursor("s1", 4, 4)
         frame = await host.next("cursors")  # the bad update never became a cursor
         assert frame["data"]["cursors"] == [_cursor(ana, "Ana", 4, 4)]
+
+
+async def test_a_superseded_connection_keeps_its_seat_cursor(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        host = await server.create("GM")
+        ana = await server.join(host.room, "Ana")
+        await ana.cursor("s1", 5, 5)
+        first = await host.until("cursors")
+        assert [c["userId"] for c in first["data"]["cursors"]] == [ana.uuid]
+        again = await server.resume(ana, last_seen=ana.last_sequence())
+        await again.cursor("s1", 6, 6)
+        moved = await host.until("cursors")
+        assert moved["data"]["removed"] == []  # never listed as gone: the seat stayed
+        assert moved["data"]["cursors"][0]["position"] == {"x": 6.0, "y": 6.0}

@@ -200,6 +200,8 @@ async def test_room_crash_sends_clients_to_resume_and_the_room_continues(
         for again in (host2, ana2):
             assert (await again.next("event-cursor"))["data"]["mode"] == "resume"
             assert again.session["sequence"] == before
+            # Everything was flushed before the restart: no history to disown.
+            assert again.session["epoch"] == host.session["epoch"]
             assert again.session["hostId"] == host.uuid
             assert again.session["coHostIds"] == [ana.uuid]
             assert roster(again.session) == [(host.uuid, "GM", "host"),

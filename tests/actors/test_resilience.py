@@ -142,7 +142,8 @@ async def test_slow_consumer_is_closed_with_a_backoff_hint_and_the_room_carries_
         slow.unstall()
         assert await slow.wait_closed() == 1013
         assert slow.frames[-1]["type"] == "backoff"
-        assert slow.frames[-1]["data"] == {"reason": "slow-consumer", "retryAfterMs": 2000}
+        assert slow.frames[-1]["data"]["reason"] == "slow-consumer"
+        assert 1000 <= slow.frames[-1]["data"]["retryAfterMs"] < 3000  # 2 s, jittered
         gone = await host.until("event", "session/disconnected")
         assert gone["data"]["uuid"] == slow.uuid
         assert [f for f in host.frames + bob.frames

@@ -419,3 +419,39 @@ async def test_a_dropped_member_keeps_the_seat_and_shows_as_disconnected(
             {"id": bo.uuid, "name": "Bo", "role": "player", "connected": True},
         ]
         assert "session/disconnected" not in [e.name for e in server.store.journal(host.room)]
+
+
+# A seat is handed out only once it is durable -----------------------------
+
+
+async def test_a_new_seat_is_welcomed_only_once_its_join_is_committed(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        host = await server.create("GM")
+        server.store.pause()
+        ana = await server.connect(query(join=host.room, name="Ana"))
+        joined = await host.until("event", "session/join")  # others see the join at once
+        with trio.move_on_after(5):
+            await ana.next()
+        assert ana.frames == []  # no token before the seat would survive a crash
+        server.store.resume()
+        welcome = await ana.next("event")
+        assert welcome["data"]["name"] == "session/joined"
+        assert welcome["data"]["uuid"] == joined["data"]["player"]["id"]
+        assert (await ana.next("event-cursor"))["data"]["mode"] == "baseline"
+        await server.running.flush()
+        assert any(e.name == "session/join" and e.data["player"]["id"] == welcome["data"]["uuid"]
+                   for e in server.store.journal(host.room))
+
+
+async def test_a_join_the_room_cannot_answer_in_time_gets_unavailable(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server(handshake_timeout=3) as server:
+        server.store.pause()  # the room cannot even load
+        client = await server.connect(query(join="ABCD", name="Ana"))
+        error = await client.next("error")
+        assert error["data"]["code"] == "unavailable"
+        hint = await client.next("backoff")
+        assert hint["data"]["reason"] == "unavailable"
+        assert await client.wait_closed() == 1013
+        server.store.resume()

@@ -449,3 +449,18 @@ async def test_a_full_persistence_queue_refuses_events_until_the_store_catches_u
         assert after["serverSequence"] == 3 + len(accepted)
         chat = (await server.join(host.room, "Bo")).session["state"]["chat"]
         assert [m["text"] for m in chat] == [f"m{i}" for i in range(len(accepted))] + ["after"]
+
+
+async def test_a_version_conflict_without_update_id_still_carries_the_current_entity(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        host = await server.create("GM")
+        await host.send_event("scene/create", {"scene": {"id": "s1", "name": "Cave"}})
+        await host.until("event-ack")
+        await host.send_event("scene/update", {"sceneId": "s1", "changes": {"name": "Pit"},
+                                               "version": 7}, event_id="stale")
+        error = await host.until("error")
+        assert error["data"]["code"] == "version-conflict"
+        assert error["data"]["eventId"] == "stale"
+        assert error["data"]["currentVersion"] == 1
+        assert error["data"]["current"] == {"id": "s1", "name": "Cave", "version": 1}

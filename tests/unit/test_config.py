@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 import pytest
 
@@ -149,3 +151,9 @@ def test_cli_serve_with_a_bad_flag_exits_2_naming_the_flag(
 def test_cli_settings_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["settings"]) == 0
     assert capsys.readouterr().out == settings_table() + "\n"
+
+
+def test_configuration_doc_shows_the_current_settings_table() -> None:
+    doc = Path(__file__).parents[2] / "docs" / "configuration.md"
+    assert settings_table() in doc.read_text(), (
+        "docs/configuration.md is stale: paste the output of `nexus-actors settings`")

@@ -74,6 +74,8 @@ class Connection:
         self.deps = deps
         self.deflate = bool(protocol.extensions)
         self.fragments: list[bytes] = []
+        self.binary = False
+        "The message being assembled is a binary one."
         self.room: trio.MemorySendChannel[RoomMsg] | None = None
         self.pongs: dict[bytes, trio.Event] = {}
         now = trio.current_time()
@@ -203,25 +205,20 @@ class Connection:
             except BlockingIOError:
                 continue
 
-    def _handle_events(self) -> list[bytes]:
-        messages: list[bytes] = []
+    def _handle_events(self) -> list[bytes | None]:
+        """Complete messages received (``None`` for a binary one); answers pongs."""
+        messages: list[bytes | None] = []
         for event in self.protocol.events_received():
             if not isinstance(event, Frame):
                 continue
             opcode = event.opcode
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
-                if opcode is Opcode.BINARY:
-                    self.fragments = [b"\x00"]  # marks a binary message
-                elif opcode is Opcode.TEXT:
+                if opcode is not Opcode.CONT:
                     self.fragments = []
+                    self.binary = opcode is Opcode.BINARY
                 self.fragments.append(bytes(event.data))
                 if event.fin:
-                    if self.fragments[0] == b"\x00" and opcode is not Opcode.TEXT:
-                        self.peer.send(outbound.error(
-                            Code.BINARY_FRAME, "binary frames are not part of protocol v1",
-                            self.deps.wall_ms()))
-                    else:
-                        messages.append(b"".join(self.fragments))
+                    messages.append(None if self.binary else b"".join(self.fragments))
                     self.fragments = []
             elif opcode is Opcode.PONG:
                 waiter = self.pongs.pop(bytes(event.data), None)
@@ -240,11 +237,16 @@ class Connection:
                 self.deps.wall_ms()))
             self.peer.wake()
 
-    async def _dispatch(self, messages: list[bytes]) -> None:
+    async def _dispatch(self, messages: list[bytes | None]) -> None:
         for raw in messages:
             now = trio.current_time()
             if not self.bucket.take(now):
                 self._rate_limited(now)
+                continue
+            if raw is None:
+                self.peer.send(outbound.error(
+                    Code.BINARY_FRAME, "binary frames are not part of protocol v1",
+                    self.deps.wall_ms()))
                 continue
             try:
                 message = inbound.decode(raw)
@@ -267,8 +269,7 @@ class Connection:
         if not self.abuse.take(now):
             log.info("connection %s is flooding; closing", self.peer.id)
             self.peer.close(close.POLICY, "flooding",
-                            outbound.backoff("flooding", self.config.overload_retry_ms * 5,
-                                             self.deps.wall_ms()),
+                            self._backoff("flooding", self.config.overload_retry_ms * 5),
                             discard_pending=True)
 
     async def _to_room(self, message: RoomMsg) -> None:
@@ -292,13 +293,15 @@ class Connection:
                 return
         if waited.cancelled_caught:
             self.peer.close(close.TRY_AGAIN_LATER, "room overloaded",
-                            outbound.backoff("overloaded", self.config.overload_retry_ms,
-                                             self.deps.wall_ms()))
+                            self._backoff("overloaded", self.config.overload_retry_ms))
+
+    def _backoff(self, reason: str, base_ms: int) -> Wire:
+        return outbound.backoff(reason, outbound.jitter(base_ms, self.deps.random),
+                                self.deps.wall_ms())
 
     def _room_gone(self) -> None:
         self.peer.close(close.SERVICE_RESTART, "room restart",
-                        outbound.backoff("room-restart", self.config.restart_retry_ms,
-                                         self.deps.wall_ms()))
+                        self._backoff("room-restart", self.config.restart_retry_ms))
 
     # Heartbeat ----------------------------------------------------------
 
@@ -365,8 +368,9 @@ async def run_connection(stream: trio.abc.Stream, protocol: ServerProtocol,
                     result = await _open_session(registry, request, peer)
             if result is None or joining.cancelled_caught:
                 peer.close(close.TRY_AGAIN_LATER, "join timed out",
-                           outbound.backoff("unavailable", config.overload_retry_ms,
-                                            deps.wall_ms()))
+                           outbound.error(Code.UNAVAILABLE, "the room did not answer in time",
+                                          deps.wall_ms()),
+                           conn._backoff("unavailable", config.overload_retry_ms))
                 await conn.reader()
                 return
             if not isinstance(result, Attached):
@@ -421,7 +425,9 @@ def peer_factory(config: Config, deps: Deps) -> Callable[[int, str], Peer]:
     def on_overflow(peer: Peer) -> None:
         log.info("connection %s is a slow consumer; closing", peer.id)
         peer.close(close.TRY_AGAIN_LATER, "slow consumer",
-                   outbound.backoff("slow-consumer", config.overload_retry_ms, deps.wall_ms()))
+                   outbound.backoff("slow-consumer",
+                                    outbound.jitter(config.overload_retry_ms, deps.random),
+                                    deps.wall_ms()))
 
     def make(peer_id: int, address: str) -> Peer:
         return Peer(peer_id, address, max_frames=config.outbox_frames,

@@ -26,10 +26,8 @@ from ..protocol.wire import Wire
 
 # WebSocket close codes (RFC 6455 and the 4000-4999 private range).
 NORMAL = 1000
-GOING_AWAY = 1001
 POLICY = 1008
 TOO_BIG = 1009
-INTERNAL = 1011
 SERVICE_RESTART = 1012
 TRY_AGAIN_LATER = 1013
 SUPERSEDED = 4000
@@ -69,6 +67,8 @@ class Peer:
         self.aborted = False
         self.frames_sent = 0
         self.frames_dropped = 0
+        self.held = False
+        "Frames stay queued (not written) until :meth:`release`: the seat is not durable yet."
         self._scope: trio.CancelScope | None = None
         self._close_timeout = 0.0
         self._write_now: Callable[[], bool] | None = None
@@ -111,9 +111,17 @@ class Peer:
             return True
         return False
 
+    def hold(self) -> None:
+        """Keep queued frames back until :meth:`release` (control frames still flow)."""
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
+        self.flush()
+
     def flush(self) -> None:
         """Write what is queued now if the socket takes it, else hand it to the writer."""
-        if not self._queue:
+        if not self._queue or self.held:
             return
         if self._write_now is None or not self._write_now():
             self._wake.set()
@@ -150,6 +158,8 @@ class Peer:
         self._wake = trio.Event()
 
     def take(self) -> list[Wire]:
+        if self.held and self.closing is None:
+            return []
         frames = list(self._queue)
         self._queue.clear()
         self._queued_bytes = 0

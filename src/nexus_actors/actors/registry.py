@@ -64,7 +64,8 @@ async def run_registry(services: Services, inbox: trio.MemoryReceiveChannel[Regi
             if reason is not None:
                 retry = (config.restart_retry_ms if reason == "server-restart"
                          else config.overload_retry_ms)
-                hint = outbound.backoff(reason, retry, services.deps.wall_ms())
+                hint = outbound.backoff(reason, outbound.jitter(retry, services.deps.random),
+                                        services.deps.wall_ms())
             try:
                 m.reply.send_nowait(Refused(code=code, message=message, close_code=close_code,
                                             backoff=hint))

@@ -76,6 +76,22 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@attrs.frozen
+class _Seen:
+    """What the room remembers of a journaled event to answer a duplicate."""
+
+    sequence: int
+    event_id: str
+    actor_id: str | None
+    update_id: str | None
+    version: Any
+
+    @classmethod
+    def of(cls, event: Event) -> _Seen:
+        return cls(sequence=event.sequence, event_id=event.event_id, actor_id=event.actor_id,
+                   update_id=event.data.get("updateId"), version=event.data.get("version"))
+
+
 @attrs.define
 class _Pending:
     """Frames for an event's sender, held until the event is durable."""
@@ -102,19 +118,22 @@ class _Done(Exception):
 
 class _Room:
     def __init__(self, services: Services, code: str, generation: int, shell: Shell,
-                 notify: trio.MemorySendChannel[RoomMsg]) -> None:
+                 notify: trio.MemorySendChannel[RoomMsg], *, flushed: bool = False) -> None:
         self.s = services
         self.config = services.config
         self.code = code
         self.generation = generation
         self.shell = shell
         self.notify = notify
+        self.flushed = flushed
+        "Everything this room ever queued is durable (a restart after a crash)."
         self.state: RoomState | None = None
         "``None`` while the code is unclaimed (no such room yet)."
         self.epochs: list[tuple[int, int]] = []
         self.hibernating = False
-        self.journal: deque[Event] = deque()
-        self.by_event_id: dict[str, Event] = {}
+        self.journal: deque[tuple[int, str, Wire]] = deque()
+        "The retained journal tail ``(serverSequence, eventId, frame)``, replayed as encoded."
+        self.by_event_id: dict[str, _Seen] = {}
         self.members: dict[str, Peer] = {}
         "Connected members and their current connection."
         self.member_of: dict[int, str] = {}
@@ -130,6 +149,8 @@ class _Room:
         self.marks: deque[tuple[int, int]] = deque()
         self.durable_sequence = 0
         self.pending: deque[_Pending] = deque()
+        self.held: dict[str, int] = {}
+        "New seats whose frames wait until their ``session/join`` (this sequence) is durable."
         self.since_snapshot = 0
         self.grace_deadline: float | None = None
         self.idle_deadline: float | None = None
@@ -162,11 +183,11 @@ class _Room:
                 ev.apply(state, event, chat_history=self.config.chat_history)
         self.state = state
         retained = list(record.journal)[-self.config.journal_retain:]
-        self.journal.extend(retained)
-        self.by_event_id = {e.event_id: e for e in retained}
+        self.journal.extend((e.sequence, e.event_id, e.wire()) for e in retained)
+        self.by_event_id = {e.event_id: _Seen.of(e) for e in retained}
         self.durable_sequence = state.sequence
         self.epochs = list(record.epochs) or [(1, 1)]
-        if record.status == "active":
+        if record.status == "active" and not self.flushed:
             # The last owner stopped uncleanly: clients may have seen events that were
             # never committed, so sequence numbers after this point begin a new epoch.
             self.epochs = [*self.epochs, (self.epochs[-1][0] + 1, state.sequence + 1)]
@@ -305,8 +326,8 @@ class _Room:
             self._wake()
             old = self.members.get(member_id)
             was_connected = old is not None
-            if old is not None:
-                self._drop_connection(member_id, announce=False)
+            if old is not None:  # superseded: the seat stays connected, cursor and all
+                self._drop_connection(member_id, announce=False, keep_cursor=True)
                 old.close(close.SUPERSEDED, "superseded",
                           outbound.error(Code.SUPERSEDED, "this seat was resumed elsewhere",
                                          self._now_ms()))
@@ -337,6 +358,11 @@ class _Room:
             if not self._seat(a, seat.id):
                 return
             self.seen_through[seat.id] = joined.sequence
+            if joined.sequence > self.durable_sequence:
+                # The token is a promise that the seat can be resumed: keep the welcome
+                # (and everything after it) back until the seat is durable.
+                a.peer.hold()
+                self.held[seat.id] = joined.sequence
             name = "session/created" if isinstance(request, CreateRoom) else "session/joined"
             self._welcome(a.peer, name, seat.id, token, resume=None)
         self._check_host(trio.current_time())
@@ -385,7 +411,7 @@ class _Room:
         now_ms = self._now_ms()
         session = encode("event", data, now_ms)
         peer.queue(session)
-        replay = ([event.wire() for event in self.journal if event.sequence > resume]
+        replay = ([wire for sequence, _, wire in self.journal if sequence > resume]
                   if resume is not None else [])
         if (peer.queued + len(replay) + 2 > peer.max_frames
                 or len(session) + sum(map(len, replay)) + 4096 > peer.max_bytes):
@@ -416,13 +442,16 @@ class _Room:
         if member_id is not None:
             self._drop_connection(member_id, announce=True)
 
-    def _drop_connection(self, member_id: str, *, announce: bool) -> None:
+    def _drop_connection(self, member_id: str, *, announce: bool,
+                         keep_cursor: bool = False) -> None:
         peer = self.members.pop(member_id)
         del self.member_of[peer.id]
         self.shell.peers.pop(peer.id, None)
         del self.since[member_id]
         self.seen_through.pop(member_id, None)
-        self._cursor_gone(member_id)
+        self.held.pop(member_id, None)
+        if not keep_cursor:
+            self._cursor_gone(member_id)
         if not announce:
             return
         self._broadcast(self._notice("session/disconnected", {"uuid": member_id}))
@@ -487,14 +516,14 @@ class _Room:
         if prior is not None:
             if prior.actor_id != member_id:
                 peer.queue(outbound.error(Code.INVALID, "eventId is already used",
-                                         self._now_ms(), event_id=event_id))
+                                          self._now_ms(), event_id=event_id))
                 return
             self._acknowledge(member_id, prior, prior.sequence, duplicate=True)
             return
         if not self._persist_has_room(3):
             peer.queue(outbound.error(Code.OVERLOADED, "the server is busy; send it again later",
-                                     self._now_ms(), event_id=event_id,
-                                     retryAfterMs=self._jitter(self.config.overload_retry_ms)))
+                                      self._now_ms(), event_id=event_id,
+                                      retryAfterMs=self._jitter(self.config.overload_retry_ms)))
             return
         state = self.state_()
         context = ev.Context(actor_id=member_id, connected_since=self.since,
@@ -510,7 +539,8 @@ class _Room:
             applied.append(self._commit(item, actor=member_id,
                                         event_id=event_id if index == 0 else self.s.deps.new_id(),
                                         gate=member_id))
-        self._acknowledge(member_id, applied[0], applied[-1].sequence, duplicate=False)
+        self._acknowledge(member_id, _Seen.of(applied[0]), applied[-1].sequence,
+                          duplicate=False)
         self._after(applied, member_id)
 
     def _after(self, applied: list[Event], actor: str) -> None:
@@ -539,7 +569,7 @@ class _Room:
         now_ms = self._now_ms()
         if update_id is None:
             peer.queue(outbound.error(rejection.code, rejection.message, now_ms,
-                                     event_id=frame.event_id))
+                                      event_id=frame.event_id, **rejection.detail))
             return
         version, current = ev.current_of(self.state_(), payload)
         reason = rejection.code if rejection.code in UPDATE_REJECT_REASONS else Code.INVALID
@@ -557,15 +587,15 @@ class _Room:
                       event_id=event_id, actor_id=actor, timestamp=self._now_ms(),
                       secret=item.secret)
         ev.apply(state, event, chat_history=self.config.chat_history)
-        self.journal.append(event)
-        self.by_event_id[event.event_id] = event
-        while len(self.journal) > self.config.journal_retain:
-            self.by_event_id.pop(self.journal.popleft().event_id, None)
+        wire = event.wire()
+        self.journal.append((event.sequence, event.event_id, wire))
+        self.by_event_id[event.event_id] = _Seen.of(event)
+        if len(self.journal) > self.config.journal_retain:
+            self.by_event_id.pop(self.journal.popleft()[1], None)
         self.marks.append((self._write(AppendEvent(code=self.code, event=event)), event.sequence))
         self.since_snapshot += 1
         if self.since_snapshot >= self.config.snapshot_every:
             self._snapshot()
-        wire = event.wire()
         for member_id, peer in self.members.items():
             if member_id != gate and self.seen_through.get(member_id, 0) < event.sequence:
                 peer.queue(wire)
@@ -581,18 +611,17 @@ class _Room:
         self.pending.append(entry)
         return entry
 
-    def _acknowledge(self, member_id: str, event: Event, sequence: int, *,
+    def _acknowledge(self, member_id: str, event: _Seen, sequence: int, *,
                      duplicate: bool) -> None:
         """Send ``event-ack`` (and ``update-confirmed``) once ``sequence`` is durable."""
         now_ms = self._now_ms()
         frames = [encode("event-ack", {"eventId": event.event_id,
                                        "serverSequence": event.sequence,
                                        "duplicate": duplicate}, now_ms)]
-        update_id = event.data.get("updateId")
-        if update_id is not None:
+        if event.update_id is not None:
             frames.append(encode("update-confirmed", {
-                "updateId": update_id, "eventId": event.event_id,
-                "serverSequence": event.sequence, "version": event.data.get("version")}, now_ms))
+                "updateId": event.update_id, "eventId": event.event_id,
+                "serverSequence": event.sequence, "version": event.version}, now_ms))
         if sequence <= self.durable_sequence:
             peer = self.members.get(member_id)
             if peer is not None:
@@ -623,6 +652,12 @@ class _Room:
                     peer.queue(wire)
             for frame in entry.frames:
                 peer.queue(frame)
+        for member_id, sequence in list(self.held.items()):
+            if sequence <= self.durable_sequence:
+                del self.held[member_id]
+                peer = self.members.get(member_id)
+                if peer is not None:
+                    peer.release()
         if self.draining:
             self._drain_step()
         self._maybe_idle()
@@ -676,7 +711,7 @@ class _Room:
                             epochs=tuple(self.epochs), host_id=state.host_id, created=created))
 
     def _first_retained(self) -> int:
-        return self.journal[0].sequence if self.journal else self.state_().sequence + 1
+        return self.journal[0][0] if self.journal else self.state_().sequence + 1
 
     # Lifecycle -----------------------------------------------------------
 
@@ -768,7 +803,7 @@ class _Room:
         return self.s.deps.wall_ms()
 
     def _jitter(self, base_ms: int) -> int:
-        return int(base_ms * self.s.deps.random.uniform(0.5, 1.5))
+        return outbound.jitter(base_ms, self.s.deps.random)
 
     def _notice(self, name: str, data: dict[str, Any]) -> Wire:
         return encode("event", {"name": name, **data}, self._now_ms())
@@ -789,8 +824,9 @@ async def run_room(services: Services, code: str, generation: int,
     task_status.started()
     try:
         with inbox, notify:
+            flushed = False
             while True:
-                room = _Room(services, code, generation, shell, notify)
+                room = _Room(services, code, generation, shell, notify, flushed=flushed)
                 try:
                     await room.run(inbox)
                     return
@@ -802,7 +838,7 @@ async def run_room(services: Services, code: str, generation: int,
                     crashes.popleft()
                 base = services.config.restart_retry_ms
                 for peer in shell.peers.values():
-                    retry = int(base * services.deps.random.uniform(0.5, 1.5))
+                    retry = outbound.jitter(base, services.deps.random)
                     peer.close(close.SERVICE_RESTART, "room restart",
                                outbound.backoff("room-restart", retry, services.deps.wall_ms()))
                 shell.peers.clear()
@@ -814,6 +850,7 @@ async def run_room(services: Services, code: str, generation: int,
                 done = trio.Event()
                 await services.persist.send(Flush(done=done))
                 await done.wait()
+                flushed = True
     finally:
         try:
             services.registry.send_nowait(RoomExited(code=code, generation=generation))

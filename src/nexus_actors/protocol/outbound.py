@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any, Literal
 
 from ..errors import Code
@@ -32,6 +33,12 @@ def error(code: Code, message: str, timestamp: int, *, event_id: str | None = No
 
 def backoff(reason: str, retry_after_ms: int, timestamp: int) -> Wire:
     return encode("backoff", {"retryAfterMs": retry_after_ms, "reason": reason}, timestamp)
+
+
+def jitter(base_ms: int, rng: random.Random) -> int:
+    """``base_ms`` spread over [0.5, 1.5) of itself, so clients sent away together do not
+    all come back at the same instant."""
+    return int(base_ms * rng.uniform(0.5, 1.5))
 
 
 def ping(latency_ms: float, timestamp: int) -> Wire:

@@ -66,7 +66,8 @@ class TestClient:
     async def open(cls, stream: trio.abc.Stream, target: str, nursery: trio.Nursery, *,
                    origin: str | None = None, compress: bool = True) -> TestClient:
         """Run the opening handshake on ``stream`` for ``target`` (``/ws?join=...``)."""
-        extensions = [ClientPerMessageDeflateFactory()] if compress else []
+        # ``None``, not ``[]``: an empty list sends an empty (invalid) extensions header.
+        extensions = [ClientPerMessageDeflateFactory()] if compress else None
         protocol = ClientProtocol(parse_uri(f"ws://nexus.test{target}"), origin=None,
                                   extensions=extensions, max_size=None)
         request = protocol.connect()
@@ -260,11 +261,20 @@ class TestClient:
         return str(self.session["roomCode"])
 
     def last_sequence(self) -> int:
-        """The highest ``serverSequence`` seen in events, acks and session frames."""
-        best = int(self.session.get("sequence", 0))
+        """The highest ``serverSequence`` up to which this client has seen every event.
+
+        The session frame's state covers its ``sequence``; after that, events arrive as
+        broadcasts (others' at once, its own with their ``event-ack`` once durable), so
+        a later sequence can arrive before an earlier one: only an unbroken run counts.
+        This is what a client sends back as ``lastSeenSequence``.
+        """
+        last = int(self.session.get("sequence", 0))
+        seen = set()
         for frame in self.frames:
             if frame.get("type") == "event" and "serverSequence" in frame:
-                best = max(best, int(frame["serverSequence"]))
+                seen.add(int(frame["serverSequence"]))
             elif frame.get("type") == "event-ack":
-                best = max(best, int(frame["data"]["serverSequence"]))
-        return best
+                seen.add(int(frame["data"]["serverSequence"]))
+        while last + 1 in seen:
+            last += 1
+        return last
