@@ -124,8 +124,9 @@ class Config:
         100, "NEXUS_CHAT_HISTORY", "--chat-history",
         "Chat messages kept in the room state.", _number(int, low=0, high=100_000))
     outbox_frames: int = setting(
-        512, "NEXUS_OUTBOX_FRAMES", "--outbox-frames",
-        "Frames queued to one client before it is closed as a slow consumer.",
+        2048, "NEXUS_OUTBOX_FRAMES", "--outbox-frames",
+        "Frames queued to one client before it is closed as a slow consumer (keep it above "
+        "NEXUS_JOURNAL_RETAIN so a whole journal can be replayed on resume).",
         _number(int, low=8))
     outbox_bytes: int = setting(
         4 * 1024 * 1024, "NEXUS_OUTBOX_BYTES", "--outbox-bytes",
