@@ -1,0 +1,155 @@
+"""The console script as a user runs it: a real process, a real port, real signals.
+
+``nexus-actors serve`` configured from the environment answers ``/health``
+and serves rooms over TCP; SIGTERM drains it (every client gets a
+``server-restart`` backoff hint and close 1012) and the process exits 0 within
+the drain timeout. A bad setting fails start-up with exit code 2 and one line
+naming it; ``serve --help`` lists every setting's environment variable and
+``nexus-actors settings`` prints the Markdown table.
+
+No subprocess outlives its test: each is killed in a ``finally`` if still running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from nexus_actors.config import Config, settings_table
+from nexus_actors.testing import TestClient, query
+
+pytestmark = pytest.mark.realclock
+
+START_TIMEOUT = 20.0
+"Seconds the process may take to answer /health (imports are slow on a busy CI machine)."
+DRAIN_TIMEOUT = 5
+"NEXUS_DRAIN_TIMEOUT given to the process."
+EXIT_MARGIN = 5.0
+"Seconds beyond the drain timeout the process may take to exit after SIGTERM."
+RUN_TIMEOUT = 20.0
+"Seconds a short command (--help, settings, a refused start) may take."
+SCRIPT = Path(sys.executable).with_name("nexus-actors")
+"The console script installed next to this interpreter."
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def environment(**settings: str) -> dict[str, str]:
+    """This process's environment without any server setting, plus ``settings``."""
+    names = {meta.env for _, meta, _ in Config.settings()}
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    env.update(settings)
+    return env
+
+
+async def health_status(port: int) -> int | None:
+    """The status of ``GET /health``, or ``None`` while nothing accepts on the port."""
+    try:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+    except OSError:
+        return None
+    async with stream:
+        await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = b""
+        while chunk := await stream.receive_some():
+            reply += chunk
+    return int(reply.split(b" ", 2)[1])
+
+
+@asynccontextmanager
+async def served(log: Path, **settings: str) -> AsyncIterator[tuple[trio.Process, int]]:
+    """Run ``python -m nexus_actors serve`` until /health answers; kill it if still up after."""
+    port = free_port()
+    env = environment(PORT=str(port), NEXUS_HOST="127.0.0.1", LOG_LEVEL="info", **settings)
+    with log.open("wb") as stderr:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "nexus_actors", "serve"], env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            with trio.fail_after(START_TIMEOUT):
+                # Polling is the only way to see an external process start listening.
+                while await health_status(port) != 200:
+                    if process.poll() is not None:
+                        pytest.fail(f"server exited: {await trio.Path(log).read_text()}")
+                    await trio.sleep(0.05)
+            yield process, port
+        finally:
+            if process.returncode is None:
+                process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+
+async def test_serve_runs_rooms_then_drains_on_sigterm_and_exits_0(tmp_path: Path) -> None:
+    log = tmp_path / "stderr.log"
+    with trio.fail_after(START_TIMEOUT + DRAIN_TIMEOUT + EXIT_MARGIN + 10):
+        async with trio.open_nursery() as nursery, served(
+                log, NEXUS_DRAIN_TIMEOUT=str(DRAIN_TIMEOUT)) as (process, port):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            host = await TestClient.open(stream, query(host="", name="GM"), nursery)
+            assert (await host.next("event"))["data"]["name"] == "session/created"
+            await host.next("event-cursor")
+            event_id = await host.send_event("chat/message", {"text": "hello"})
+            ack = await host.until("event-ack", eventId=event_id)
+            assert ack["data"]["duplicate"] is False
+
+            process.send_signal(signal.SIGTERM)
+            hint = await host.until("backoff")
+            assert hint["data"]["reason"] == "server-restart"
+            assert await host.wait_closed() == 1012
+            with trio.fail_after(DRAIN_TIMEOUT + EXIT_MARGIN):
+                assert await process.wait() == 0
+    assert "draining" in await trio.Path(log).read_text()
+
+
+async def test_bad_setting_exits_2_with_one_line_naming_it_and_never_listens() -> None:
+    with trio.fail_after(RUN_TIMEOUT):
+        result = await trio.run_process(
+            [sys.executable, "-m", "nexus_actors", "serve"],
+            env=environment(NEXUS_HEARTBEAT_INTERVAL="abc", PORT=str(free_port()),
+                            NEXUS_HOST="127.0.0.1"),
+            stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert "NEXUS_HEARTBEAT_INTERVAL" in lines[0]
+    assert "abc" in lines[0]
+    assert result.stdout == b""
+
+
+async def test_serve_help_lists_every_setting_environment_variable() -> None:
+    assert SCRIPT.exists(), f"console script not installed at {SCRIPT}"
+    with trio.fail_after(RUN_TIMEOUT):
+        result = await trio.run_process([str(SCRIPT), "serve", "--help"],
+                                        env=environment(COLUMNS="100"), capture_stdout=True)
+    text = result.stdout.decode()
+    missing = [meta.env for _, meta, _ in Config.settings() if meta.env not in text]
+    assert missing == []
+    assert all(meta.flag in text for _, meta, _ in Config.settings())
+
+
+async def test_settings_command_prints_the_markdown_table() -> None:
+    assert SCRIPT.exists(), f"console script not installed at {SCRIPT}"
+    with trio.fail_after(RUN_TIMEOUT):
+        result = await trio.run_process([str(SCRIPT), "settings"], env=environment(),
+                                        capture_stdout=True)
+    lines = result.stdout.decode().strip().splitlines()
+    assert lines[:2] == ["| Environment | Flag | Default | Meaning |", "|---|---|---|---|"]
+    rows = lines[2:]
+    assert [row.split(" | ")[0] for row in rows] == [
+        f"| `{meta.env}`" for _, meta, _ in Config.settings()]
+    assert "\n".join(lines) == settings_table()
