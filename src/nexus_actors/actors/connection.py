@@ -19,6 +19,8 @@ reading, so TCP pushes back on the client instead of memory growing.
 
 from __future__ import annotations
 
+import email.utils
+import http
 import logging
 import math
 import os
@@ -26,8 +28,12 @@ import struct
 import sys
 from collections.abc import Callable
 
+import orjson
 import trio
+from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
@@ -36,6 +42,7 @@ from ..deps import Deps
 from ..errors import Code, FrameError
 from ..protocol import inbound, outbound
 from ..protocol.connect import CreateRoom, OpenRequest
+from ..protocol.http import HttpReply
 from ..protocol.limits import TokenBucket
 from ..protocol.wire import Wire
 from . import peer as close
@@ -60,6 +67,99 @@ FLOOD_TOLERANCE = 3
 "A flood closes after this many bursts of dropped messages (forgiven at a tenth of the rate)."
 NOTICE_INTERVAL = 1.0
 "Seconds between two ``rate-limited`` errors to one connection (no error storm)."
+
+
+class Handshake:
+    """A new stream's HTTP request, read by the WebSocket library's parser.
+
+    The listener routes on :attr:`method` and :attr:`target`, then either answers
+    with :meth:`respond` or calls :meth:`upgrade` and hands the handshake to
+    :func:`run_connection`.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, protocol: ServerProtocol,
+                 request: Request) -> None:
+        self.stream = stream
+        self.protocol = protocol
+        self.request = request
+
+    @classmethod
+    async def read(cls, stream: trio.abc.Stream, config: Config) -> Handshake | None:
+        """Read the request (the caller bounds the time); ``None`` if there is none."""
+        protocol = ServerProtocol(
+            extensions=[ServerPerMessageDeflateFactory(
+                server_max_window_bits=12, client_max_window_bits=12,
+                compress_settings={"memLevel": 5})],
+            max_size=config.max_message_bytes,
+        )
+        while True:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                protocol.receive_eof()
+                return None
+            protocol.receive_data(data)
+            for event in protocol.events_received():
+                if isinstance(event, Request):
+                    return cls(stream, protocol, event)
+            if protocol.handshake_exc is not None:  # malformed: answered (414, 431) or not
+                await _flush(stream, protocol)
+                return None
+
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+    @property
+    def target(self) -> str:
+        """The request target: path and query string."""
+        return self.request.path
+
+    @property
+    def address(self) -> str:
+        return _address(self.stream)
+
+    async def respond(self, reply: HttpReply) -> None:
+        """Answer a plain HTTP request with JSON and end the stream."""
+        payload = orjson.dumps(reply.body)
+        headers = Headers([
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(payload))),
+            ("Cache-Control", "no-store"),
+        ])
+        for key, value in reply.headers.items():
+            headers[key] = value
+        body = b"" if self.method == "HEAD" else payload
+        self.protocol.send_response(
+            Response(reply.status, http.HTTPStatus(reply.status).phrase, headers, body))
+        await _flush(self.stream, self.protocol)
+
+    async def upgrade(self) -> bool:
+        """Accept the WebSocket handshake (or send the library's refusal); true if open."""
+        response = self.protocol.accept(self.request)
+        self.protocol.send_response(response)
+        await _flush(self.stream, self.protocol)
+        return response.status_code == 101
+
+
+async def _flush(stream: trio.abc.Stream, protocol: ServerProtocol) -> None:
+    for chunk in protocol.data_to_send():
+        if chunk:
+            await stream.send_all(chunk)
+
+
+def _address(stream: trio.abc.Stream) -> str:
+    socket_stream = stream
+    while isinstance(socket_stream, trio.SSLStream):
+        socket_stream = socket_stream.transport_stream
+    if isinstance(socket_stream, trio.SocketStream):
+        try:
+            host, port, *_ = socket_stream.socket.getpeername()
+        except OSError:
+            return "?"
+        return f"{host}:{port}"
+    return "memory"
 
 
 class Connection:
@@ -350,11 +450,12 @@ async def _open_session(registry: trio.MemorySendChannel[RegistryMsg], request: 
     return result
 
 
-async def run_connection(stream: trio.abc.Stream, protocol: ServerProtocol,
-                         request: OpenRequest | Refused, peer: Peer, config: Config,
-                         deps: Deps, registry: trio.MemorySendChannel[RegistryMsg]) -> None:
-    """Serve one accepted WebSocket until it closes (``Refused``: explain and close)."""
-    conn = Connection(stream, protocol, peer, config, deps)
+async def run_connection(handshake: Handshake, request: OpenRequest | Refused, peer: Peer,
+                         config: Config, deps: Deps,
+                         registry: trio.MemorySendChannel[RegistryMsg]) -> None:
+    """Serve one upgraded WebSocket until it closes (``Refused``: explain and close)."""
+    stream = handshake.stream
+    conn = Connection(stream, handshake.protocol, peer, config, deps)
     try:
         async with trio.open_nursery() as nursery:
             cancel = nursery.cancel_scope

@@ -1,9 +1,9 @@
 """The listener: accepts TCP streams and routes each to an HTTP answer or a WebSocket.
 
 One port serves everything: ``/ws`` upgrades to a WebSocket (run by the
-connection actor); ``/health`` and ``/ready`` answer JSON. The opening
-handshake is parsed by ``websockets``' sans-I/O ``ServerProtocol`` under
-``handshake_timeout``.
+connection actor); ``/health`` and ``/ready`` answer JSON. The request is read
+(by the connection layer's :class:`Handshake`) under ``handshake_timeout``;
+this module only routes.
 """
 
 from __future__ import annotations
@@ -15,17 +15,14 @@ from urllib.parse import urlsplit
 
 import attrs
 import trio
-from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.http11 import Request, Response
-from websockets.server import ServerProtocol
 
 from ..config import Config
 from ..deps import Deps
 from ..errors import Code, Refusal
 from ..protocol.connect import OpenRequest, parse_connect
-from ..protocol.http import json_response
+from ..protocol.http import HttpReply
 from . import peer as close
-from .connection import RECEIVE_SIZE, peer_factory, run_connection
+from .connection import Handshake, peer_factory, run_connection
 from .health import Health
 from .messages import Refused, RegistryMsg
 from .peer import Peer
@@ -60,57 +57,40 @@ class Listener:
         return cls(config=config, deps=deps, health=health, registry=registry,
                    make_peer=peer_factory(config, deps))
 
-    def new_protocol(self) -> ServerProtocol:
-        return ServerProtocol(
-            extensions=[ServerPerMessageDeflateFactory(
-                server_max_window_bits=12, client_max_window_bits=12,
-                compress_settings={"memLevel": 5})],
-            max_size=self.config.max_message_bytes,
-        )
-
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one accepted stream to the end."""
-        protocol = self.new_protocol()
-        request: Request | None = None
+        handshake: Handshake | None = None
         try:
             with trio.move_on_after(self.config.handshake_timeout):
-                request = await _read_request(stream, protocol)
-            if request is None:
-                await _flush(stream, protocol)
+                handshake = await Handshake.read(stream, self.config)
+            if handshake is None:
                 return
-            path = urlsplit(request.path).path
+            path = urlsplit(handshake.target).path
             if path == WEBSOCKET_PATH:
-                await self._websocket(stream, protocol, request)
+                await self._websocket(handshake)
             else:
-                response = self.route(request, path)
-                if request.method == "HEAD":
-                    response.body = b""  # same headers as GET, no body
-                protocol.send_response(response)
-                await _flush(stream, protocol)
+                await handshake.respond(self.route(handshake.method, path))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _websocket(self, stream: trio.abc.Stream, protocol: ServerProtocol,
-                         request: Request) -> None:
-        response = protocol.accept(request)
-        protocol.send_response(response)
-        await _flush(stream, protocol)
-        if response.status_code != 101:
+    async def _websocket(self, handshake: Handshake) -> None:
+        if not await handshake.upgrade():
             return
         opening: OpenRequest | Refused
         try:
-            opening = parse_connect(request.path, max_name_length=self.config.max_name_length)
+            opening = parse_connect(handshake.target,
+                                    max_name_length=self.config.max_name_length)
         except Refusal as refusal:
             close_code = (close.INVALID_TOKEN if refusal.code is Code.INVALID_TOKEN
                           else close.BAD_REQUEST)
             opening = Refused(code=refusal.code, message=refusal.message, close_code=close_code)
-        peer = self.make_peer(next(self.ids), _address(stream))
+        peer = self.make_peer(next(self.ids), handshake.address)
         self.open_connections += 1
         try:
-            await run_connection(stream, protocol, opening, peer, self.config, self.deps,
+            await run_connection(handshake, opening, peer, self.config, self.deps,
                                  self.registry)
         finally:
             self.open_connections -= 1
@@ -118,50 +98,18 @@ class Listener:
                 self._all_closed.set()
                 self._all_closed = trio.Event()
 
-    def route(self, request: Request, path: str) -> Response:
-        if request.method not in ("GET", "HEAD"):
-            return json_response(405, {"error": "method not allowed"},
-                                 extra={"Allow": "GET, HEAD"})
+    def route(self, method: str, path: str) -> HttpReply:
+        """The answer to a plain HTTP request (``HEAD`` gets the same, without a body)."""
+        if method not in ("GET", "HEAD"):
+            return HttpReply(status=405, body={"error": "method not allowed"},
+                             headers={"Allow": "GET, HEAD"})
         if path == "/health":
-            return json_response(200, {"status": "ok",
-                                       "uptime": round(trio.current_time()
-                                                       - self.health.started_at, 3),
-                                       "connections": self.open_connections})
+            uptime = round(trio.current_time() - self.health.started_at, 3)
+            return HttpReply(status=200, body={"status": "ok", "uptime": uptime,
+                                               "connections": self.open_connections})
         if path == "/ready":
             if self.health.ready:
-                return json_response(200, {"ready": True})
-            return json_response(503, {"ready": False, "reasons": self.health.why_not_ready()})
-        return json_response(404, {"error": "not found", "path": path[:200]})
-
-
-async def _read_request(stream: trio.abc.Stream, protocol: ServerProtocol) -> Request | None:
-    while True:
-        data = await stream.receive_some(RECEIVE_SIZE)
-        if not data:
-            protocol.receive_eof()
-            return None
-        protocol.receive_data(data)
-        for event in protocol.events_received():
-            if isinstance(event, Request):
-                return event
-        if protocol.handshake_exc is not None:
-            return None
-
-
-async def _flush(stream: trio.abc.Stream, protocol: ServerProtocol) -> None:
-    for chunk in protocol.data_to_send():
-        if chunk:
-            await stream.send_all(chunk)
-
-
-def _address(stream: trio.abc.Stream) -> str:
-    socket_stream = stream
-    while isinstance(socket_stream, trio.SSLStream):
-        socket_stream = socket_stream.transport_stream
-    if isinstance(socket_stream, trio.SocketStream):
-        try:
-            host, port, *_ = socket_stream.socket.getpeername()
-        except OSError:
-            return "?"
-        return f"{host}:{port}"
-    return "memory"
+                return HttpReply(status=200, body={"ready": True})
+            return HttpReply(status=503, body={"ready": False,
+                                               "reasons": self.health.why_not_ready()})
+        return HttpReply(status=404, body={"error": "not found", "path": path[:200]})

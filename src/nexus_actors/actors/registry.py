@@ -35,7 +35,7 @@ from .messages import (
     RoomMsg,
     Stop,
 )
-from .room import run_room
+from .room_supervisor import run_room
 from .services import Services
 
 log = logging.getLogger("nexus_actors.registry")

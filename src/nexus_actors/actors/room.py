@@ -7,9 +7,7 @@ its timers and the store read at start. Durable events are applied, journaled
 the sender's own copy, its ``event-ack`` and ``update-confirmed`` wait until
 the persistence actor reports the event committed (the output gate).
 
-:func:`run_room` supervises: an exception in the room is logged, its clients
-are sent away with a ``backoff`` hint to resume, queued writes are flushed,
-and the room restarts from the store with the same mailbox.
+:func:`~nexus_actors.actors.room_supervisor.run_room` supervises it.
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ from ..room.resume import resume_point
 from ..room.state import RoomState, Seat
 from ..store.base import AppendEvent, PutRoom, PutSnapshot, RoomRecord, Write
 from . import peer as close
+from .gate import OutputGate
 from .messages import (
     Attach,
     Attached,
@@ -46,13 +45,12 @@ from .messages import (
     Drain,
     Inbound,
     Refused,
-    RoomExited,
     RoomIdle,
     RoomMsg,
     Stop,
 )
 from .peer import Peer
-from .persistence import Flush, Intent
+from .persistence import Intent
 from .services import Services
 
 log = logging.getLogger("nexus_actors.room")
@@ -65,8 +63,6 @@ BACKLOG_RETRY = 0.01
 "Seconds between retries of writes the persistence queue could not take."
 DRAIN_ACK_WAIT = 2.0
 "Seconds a draining room waits for its writes to commit before closing its clients."
-MAX_CRASHES = 3
-CRASH_WINDOW = 60.0
 MAX_EPOCHS = 16
 UPDATE_REJECT_REASONS = frozenset({Code.VERSION_CONFLICT, Code.FORBIDDEN, Code.NOT_FOUND,
                                    Code.INVALID})
@@ -93,18 +89,6 @@ class _Seen:
 
 
 @attrs.define
-class _Pending:
-    """Frames for an event's sender, held until the event is durable."""
-
-    sequence: int
-    member_id: str
-    events: list[tuple[int, Wire]]
-    "The sender's own copies of the events, by sequence."
-    frames: list[Wire]
-    "``event-ack`` and, for optimistic updates, ``update-confirmed``."
-
-
-@attrs.define
 class Shell:
     """What outlives one room incarnation: its connections and the attach count."""
 
@@ -112,11 +96,9 @@ class Shell:
     attaches: int = 0
 
 
-class _Done(Exception):
-    """The room has stopped (clean exit of :meth:`_Room.run`)."""
+class Room:
+    """One incarnation of a room actor (see :func:`~.room_supervisor.run_room`)."""
 
-
-class _Room:
     def __init__(self, services: Services, code: str, generation: int, shell: Shell,
                  notify: trio.MemorySendChannel[RoomMsg], *, flushed: bool = False) -> None:
         self.s = services
@@ -146,11 +128,7 @@ class _Room:
         self.committed_mark = 0
         self.backlog: deque[Intent] = deque()
         "Writes the persistence queue had no room for yet (sent in order, before any new one)."
-        self.marks: deque[tuple[int, int]] = deque()
-        self.durable_sequence = 0
-        self.pending: deque[_Pending] = deque()
-        self.held: dict[str, int] = {}
-        "New seats whose frames wait until their ``session/join`` (this sequence) is durable."
+        self.gate = OutputGate()
         self.since_snapshot = 0
         self.grace_deadline: float | None = None
         self.idle_deadline: float | None = None
@@ -185,7 +163,7 @@ class _Room:
         retained = list(record.journal)[-self.config.journal_retain:]
         self.journal.extend((e.sequence, e.event_id, e.wire()) for e in retained)
         self.by_event_id = {e.event_id: _Seen.of(e) for e in retained}
-        self.durable_sequence = state.sequence
+        self.gate = OutputGate(state.sequence)
         self.epochs = list(record.epochs) or [(1, 1)]
         if record.status == "active" and not self.flushed:
             # The last owner stopped uncleanly: clients may have seen events that were
@@ -211,7 +189,7 @@ class _Room:
             await self.load()
         except StoreError as exc:
             log.warning("room %s could not be loaded: %s", self.code, exc.message)
-            self._refuse_all(inbox, Code.UNAVAILABLE, "the room could not be loaded")
+            self.refuse_all(inbox, Code.UNAVAILABLE, "the room could not be loaded")
             return
         if self.state is None:
             self.idle_deadline = trio.current_time()
@@ -235,7 +213,7 @@ class _Room:
     def _stopped(self) -> bool:
         return self.done
 
-    def _refuse_all(self, inbox: trio.MemoryReceiveChannel[RoomMsg], code: Code,
+    def refuse_all(self, inbox: trio.MemoryReceiveChannel[RoomMsg], code: Code,
                     message: str) -> None:
         while True:
             try:
@@ -358,11 +336,9 @@ class _Room:
             if not self._seat(a, seat.id):
                 return
             self.seen_through[seat.id] = joined.sequence
-            if joined.sequence > self.durable_sequence:
-                # The token is a promise that the seat can be resumed: keep the welcome
-                # (and everything after it) back until the seat is durable.
-                a.peer.hold()
-                self.held[seat.id] = joined.sequence
+            # The token promises a seat that can be resumed: keep the welcome (and all
+            # after it) back until the seat is durable.
+            self.gate.hold_seat(seat.id, joined.sequence, a.peer)
             name = "session/created" if isinstance(request, CreateRoom) else "session/joined"
             self._welcome(a.peer, name, seat.id, token, resume=None)
         self._check_host(trio.current_time())
@@ -449,7 +425,7 @@ class _Room:
         self.shell.peers.pop(peer.id, None)
         del self.since[member_id]
         self.seen_through.pop(member_id, None)
-        self.held.pop(member_id, None)
+        self.gate.forget(member_id)
         if not keep_cursor:
             self._cursor_gone(member_id)
         if not announce:
@@ -592,7 +568,7 @@ class _Room:
         self.by_event_id[event.event_id] = _Seen.of(event)
         if len(self.journal) > self.config.journal_retain:
             self.by_event_id.pop(self.journal.popleft()[1], None)
-        self.marks.append((self._write(AppendEvent(code=self.code, event=event)), event.sequence))
+        self.gate.journaled(self._write(AppendEvent(code=self.code, event=event)), event.sequence)
         self.since_snapshot += 1
         if self.since_snapshot >= self.config.snapshot_every:
             self._snapshot()
@@ -600,16 +576,8 @@ class _Room:
             if member_id != gate and self.seen_through.get(member_id, 0) < event.sequence:
                 peer.queue(wire)
         if gate is not None:
-            self._pending_for(gate, event.sequence).events.append((event.sequence, wire))
+            self.gate.own_event(gate, event.sequence, wire)
         return event
-
-    def _pending_for(self, member_id: str, sequence: int) -> _Pending:
-        if self.pending and self.pending[-1].member_id == member_id \
-                and self.pending[-1].sequence == sequence:
-            return self.pending[-1]
-        entry = _Pending(sequence=sequence, member_id=member_id, events=[], frames=[])
-        self.pending.append(entry)
-        return entry
 
     def _acknowledge(self, member_id: str, event: _Seen, sequence: int, *,
                      duplicate: bool) -> None:
@@ -622,42 +590,11 @@ class _Room:
             frames.append(encode("update-confirmed", {
                 "updateId": event.update_id, "eventId": event.event_id,
                 "serverSequence": event.sequence, "version": event.version}, now_ms))
-        if sequence <= self.durable_sequence:
-            peer = self.members.get(member_id)
-            if peer is not None:
-                for frame in frames:
-                    peer.queue(frame)
-            return
-        tail = self.pending[-1] if self.pending else None
-        if tail is not None and tail.member_id == member_id and tail.sequence >= sequence:
-            tail.frames.extend(frames)
-        else:
-            # Keep the queue in sequence order; an ack may wait a little longer, never less.
-            at = max(sequence, tail.sequence if tail is not None else 0)
-            self.pending.append(_Pending(sequence=at, member_id=member_id, events=[],
-                                         frames=frames))
+        self.gate.after(member_id, sequence, frames, self.members.get(member_id))
 
     def on_committed(self, mark: int) -> None:
         self.committed_mark = max(self.committed_mark, mark)
-        while self.marks and self.marks[0][0] <= mark:
-            self.durable_sequence = self.marks.popleft()[1]
-        while self.pending and self.pending[0].sequence <= self.durable_sequence:
-            entry = self.pending.popleft()
-            peer = self.members.get(entry.member_id)
-            if peer is None:
-                continue
-            seen = self.seen_through.get(entry.member_id, 0)
-            for sequence, wire in entry.events:
-                if sequence > seen:
-                    peer.queue(wire)
-            for frame in entry.frames:
-                peer.queue(frame)
-        for member_id, sequence in list(self.held.items()):
-            if sequence <= self.durable_sequence:
-                del self.held[member_id]
-                peer = self.members.get(member_id)
-                if peer is not None:
-                    peer.release()
+        self.gate.committed(mark, self.members, self.seen_through)
         if self.draining:
             self._drain_step()
         self._maybe_idle()
@@ -812,47 +749,3 @@ class _Room:
         for member_id, peer in self.members.items():
             if member_id != exclude:
                 peer.queue(wire)
-
-
-async def run_room(services: Services, code: str, generation: int,
-                   inbox: trio.MemoryReceiveChannel[RoomMsg],
-                   notify: trio.MemorySendChannel[RoomMsg], *,
-                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run room ``code`` until it stops, restarting it from the store after a crash."""
-    shell = Shell()
-    crashes: deque[float] = deque()
-    task_status.started()
-    try:
-        with inbox, notify:
-            flushed = False
-            while True:
-                room = _Room(services, code, generation, shell, notify, flushed=flushed)
-                try:
-                    await room.run(inbox)
-                    return
-                except Exception:
-                    log.exception("room %s crashed; restarting it from the store", code)
-                now = trio.current_time()
-                crashes.append(now)
-                while crashes and crashes[0] < now - CRASH_WINDOW:
-                    crashes.popleft()
-                base = services.config.restart_retry_ms
-                for peer in shell.peers.values():
-                    retry = outbound.jitter(base, services.deps.random)
-                    peer.close(close.SERVICE_RESTART, "room restart",
-                               outbound.backoff("room-restart", retry, services.deps.wall_ms()))
-                shell.peers.clear()
-                if len(crashes) > MAX_CRASHES:
-                    log.error("room %s crashed %d times in %.0fs; stopping it", code,
-                              len(crashes), CRASH_WINDOW)
-                    room._refuse_all(inbox, Code.UNAVAILABLE, "the room is unavailable")
-                    return
-                done = trio.Event()
-                await services.persist.send(Flush(done=done))
-                await done.wait()
-                flushed = True
-    finally:
-        try:
-            services.registry.send_nowait(RoomExited(code=code, generation=generation))
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            log.warning("room %s could not report its exit", code)

@@ -1,26 +1,18 @@
-"""Plain HTTP responses for the routes that share the WebSocket port (no I/O)."""
+"""Plain HTTP answers for the routes that share the WebSocket port (pure data, no I/O)."""
 
 from __future__ import annotations
 
-import email.utils
-import http
 from typing import Any
 
-import orjson
-from websockets.datastructures import Headers
-from websockets.http11 import Response
+import attrs
 
 
-def json_response(status: int, body: Any, *, extra: dict[str, str] | None = None) -> Response:
-    payload = orjson.dumps(body)
-    phrase = http.HTTPStatus(status).phrase
-    headers = Headers([
-        ("Date", email.utils.formatdate(usegmt=True)),
-        ("Connection", "close"),
-        ("Content-Type", "application/json"),
-        ("Content-Length", str(len(payload))),
-        ("Cache-Control", "no-store"),
-    ])
-    for key, value in (extra or {}).items():
-        headers[key] = value
-    return Response(status, phrase, headers, payload)
+@attrs.frozen(kw_only=True)
+class HttpReply:
+    """A JSON response; the connection layer serializes it."""
+
+    status: int
+    body: Any
+    "Encoded as JSON."
+    headers: dict[str, str] = attrs.Factory(dict)
+    "Extra headers (``Allow``, CORS, ...)."

@@ -1,0 +1,73 @@
+"""Supervision of one room: restart it from the store after a crash, contain the damage.
+
+An exception in a room actor is logged; the room's clients are sent away with a
+jittered ``room-restart`` backoff hint (close 1012) so they resume; everything
+the room queued for the store is flushed (so nothing it broadcast is lost); and
+the room restarts from the store with the same mailbox. More than
+:data:`MAX_CRASHES` crashes within :data:`CRASH_WINDOW` seconds stop the room;
+the next connection starts it afresh. Other rooms never notice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+import trio
+
+from ..errors import Code
+from ..protocol import outbound
+from . import peer as close
+from .messages import RoomExited, RoomMsg
+from .persistence import Flush
+from .room import Room, Shell
+from .services import Services
+
+log = logging.getLogger("nexus_actors.room")
+
+MAX_CRASHES = 3
+CRASH_WINDOW = 60.0
+
+
+async def run_room(services: Services, code: str, generation: int,
+                   inbox: trio.MemoryReceiveChannel[RoomMsg],
+                   notify: trio.MemorySendChannel[RoomMsg], *,
+                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run room ``code`` until it stops, restarting it from the store after a crash."""
+    shell = Shell()
+    crashes: deque[float] = deque()
+    task_status.started()
+    try:
+        with inbox, notify:
+            flushed = False
+            while True:
+                room = Room(services, code, generation, shell, notify, flushed=flushed)
+                try:
+                    await room.run(inbox)
+                    return
+                except Exception:
+                    log.exception("room %s crashed; restarting it from the store", code)
+                now = trio.current_time()
+                crashes.append(now)
+                while crashes and crashes[0] < now - CRASH_WINDOW:
+                    crashes.popleft()
+                base = services.config.restart_retry_ms
+                for peer in shell.peers.values():
+                    retry = outbound.jitter(base, services.deps.random)
+                    peer.close(close.SERVICE_RESTART, "room restart",
+                               outbound.backoff("room-restart", retry, services.deps.wall_ms()))
+                shell.peers.clear()
+                if len(crashes) > MAX_CRASHES:
+                    log.error("room %s crashed %d times in %.0fs; stopping it", code,
+                              len(crashes), CRASH_WINDOW)
+                    room.refuse_all(inbox, Code.UNAVAILABLE, "the room is unavailable")
+                    return
+                done = trio.Event()
+                await services.persist.send(Flush(done=done))
+                await done.wait()
+                flushed = True
+    finally:
+        try:
+            services.registry.send_nowait(RoomExited(code=code, generation=generation))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            log.warning("room %s could not report its exit", code)
