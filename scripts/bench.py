@@ -1,14 +1,18 @@
 """Load benchmark: R rooms x P real WebSocket clients over loopback.
 
 Starts ``nexus-actors serve`` as a separate process (pinned to one core when
-``taskset`` exists), connects the clients from this process (pinned to another
-core), and for ``--seconds`` sends cursors at ``--cursor-hz`` per player plus
-``--moves`` durable token moves per player per second. Prints cursor delivery
-latency, ack latency, delivered ratios and the server's CPU time per delivered
-frame. Run it with ``scripts/bench``; it is not part of the test suite.
+``taskset`` exists), connects the clients from a load generator pinned to
+another core, and for ``--seconds`` sends cursors at ``--cursor-hz`` per player
+plus ``--moves`` durable token moves per player per second. Prints cursor
+delivery latency, ack latency, delivered ratios and the server's CPU time per
+delivered frame. Run it with ``scripts/bench``; it is not part of the test suite.
 
-The clients are deliberately lean (raw frames, zero masking key, no
-compression) so that the load generator is not the bottleneck.
+The load generator is ``scripts/loadgen/loadgen.mjs`` on Node.js (``--client
+node``, the default when ``node`` is on PATH and ``npm ci`` can install its one
+package), or the Trio clients in this file (``--client python``). The Python
+clients are lean (raw frames, zero masking key, no compression) but at 50 rooms
+x 10 players they use most of their core and their own event-loop jitter shows
+in the tail latencies; the Node one does the same work with about half the CPU.
 """
 
 from __future__ import annotations
@@ -25,20 +29,32 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import orjson
 import trio
 
 CLOCK = time.monotonic
+LOADGEN = Path(__file__).resolve().parent / "loadgen"
+"The Node.js load generator's package (``loadgen.mjs``, ``package-lock.json``)."
+SETTLE_SECONDS = 5.0
+"How long after the window acks and deliveries of moves sent in it still count."
 
 
-def percentile(values: list[float], q: float) -> float:
+def summarize(values: list[float]) -> dict[str, Any]:
+    """count, mean, p50, p99 and max of latencies in ms (the same rule as loadgen.mjs)."""
     if not values:
-        return float("nan")
+        return {"count": 0, "mean": None, "p50": None, "p99": None, "max": None}
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+    last = len(ordered) - 1
+
+    def at(q: float) -> float:
+        return ordered[min(last, max(0, round(q / 100 * last)))]
+
+    return {"count": len(ordered), "mean": statistics.fmean(ordered), "p50": at(50),
+            "p99": at(99), "max": ordered[last]}
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -71,6 +87,16 @@ class Stats:
     measuring: bool = False
     measured_moves: set[str] = field(default_factory=set)
     "eventIds of moves sent during the window: their acks and deliveries are counted."
+    others: int = 0
+    "Players who should receive each move (all but its sender)."
+    settling: bool = False
+    "The window is over: ``settled`` is set once every measured move is acked and delivered."
+    settled: trio.Event = field(default_factory=trio.Event)
+
+    def check(self) -> None:
+        if (self.settling and self.acks >= self.moves_sent
+                and self.moves_received >= self.moves_sent * self.others):
+            self.settled.set()
 
 
 class BenchClient:
@@ -180,6 +206,7 @@ class BenchClient:
                         applied = message["timestamp"]
                         stats.ack_inbound.append(applied - (wall - (now - sent)))
                         stats.ack_outbound.append(wall - applied)
+                        stats.check()
                 elif payload.startswith(b'{"type":"error"'):
                     stats.errors += 1
                 elif b'"token/move"' in payload:
@@ -187,6 +214,7 @@ class BenchClient:
                     if message.get("eventId") in stats.measured_moves and (
                             message.get("actorId") != self.session.get("uuid")):
                         stats.moves_received += 1
+                        stats.check()
                 if not stats.measuring:
                     continue
                 stats.frames += 1
@@ -281,9 +309,32 @@ async def wait_ready(port: int) -> None:
             return
 
 
-async def bench(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
-    stats = Stats()
-    await wait_ready(port)
+@dataclass
+class Window:
+    """The server's CPU time and the wall time over the measured window, its RSS at the end."""
+
+    pid: int
+    cpu: float = 0.0
+    "Server CPU seconds (user + system) used in the window."
+    wall: float = 0.0
+    "Wall seconds of the window, as this process saw it."
+    rss: float = float("nan")
+    "Server RSS in MiB at the end of the window."
+
+    def start(self) -> None:
+        self.cpu, self.wall = -cpu_seconds(self.pid), -CLOCK()
+
+    def stop(self) -> None:
+        self.cpu += cpu_seconds(self.pid)
+        self.wall += CLOCK()
+        self.rss = rss_mib(self.pid)
+
+
+async def bench_python(args: argparse.Namespace, port: int,
+                       pid: int) -> tuple[dict[str, Any], Window]:
+    """Drive the load from this process; return a summary shaped like loadgen.mjs's output."""
+    stats = Stats(others=args.players - 1)
+    window = Window(pid)
     go, done = trio.Event(), trio.Event()
     async with trio.open_nursery() as nursery:
         readies = []
@@ -297,51 +348,169 @@ async def bench(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]
         go.set()
         await trio.sleep(args.warmup)
         stats.measuring = True
-        cpu_start, wall_start = cpu_seconds(pid), CLOCK()
-        own_start = sum(os.times()[:2])
+        window.start()
+        own_start, wall_start = sum(os.times()[:2]), CLOCK()
         await trio.sleep(args.seconds)
-        cpu_used, wall = cpu_seconds(pid) - cpu_start, CLOCK() - wall_start
-        own_used = sum(os.times()[:2]) - own_start
+        own_used, wall = sum(os.times()[:2]) - own_start, CLOCK() - wall_start
+        window.stop()
         stats.measuring = False
-        rss = rss_mib(pid)
         done.set()
         # Acks and deliveries of moves sent in the window still count if they arrive late.
-        with trio.move_on_after(5.0):
-            while stats.acks < stats.moves_sent:  # noqa: ASYNC110 - polling a counter the readers bump
-                await trio.sleep(0.05)
+        stats.settling = True
+        stats.check()
+        with trio.move_on_after(SETTLE_SECONDS):
+            await stats.settled.wait()
         nursery.cancel_scope.cancel()
-    expected_moves = stats.moves_sent * (args.players - 1)
     return {
+        "client": "python", "seconds": wall,
+        "cursor_latency_ms": summarize(stats.cursor_latency),
+        "ack_latency_ms": summarize(stats.ack_latency),
+        "ack_inbound_ms": summarize(stats.ack_inbound),
+        "ack_outbound_ms": summarize(stats.ack_outbound),
+        "frames": stats.frames, "cursor_entries": stats.cursor_entries,
+        "moves_sent": stats.moves_sent, "acks": stats.acks,
+        "moves_received": stats.moves_received, "errors": stats.errors, "closes": stats.closes,
+        "cpu_percent": 100 * own_used / wall, "loop_delay_ms": None,
+    }, window
+
+
+async def bench_node(args: argparse.Namespace, port: int, pid: int,
+                     node: str) -> tuple[dict[str, Any], Window]:
+    """Run loadgen.mjs pinned to the client core; sample the server at its window's edges."""
+    command = [node, str(LOADGEN / "loadgen.mjs"), "--port", str(port),
+               "--rooms", str(args.rooms), "--players", str(args.players),
+               "--cursor-hz", str(args.cursor_hz), "--moves", str(args.moves),
+               "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
+    taskset = shutil.which("taskset")
+    if taskset:
+        command = [taskset, "-c", args.client_cpu, *command]
+    window = Window(pid)
+    output = bytearray()
+
+    async def read_stdout(stream: trio.abc.ReceiveStream) -> None:
+        async for chunk in stream:
+            output.extend(chunk)
+
+    async def read_stderr(stream: trio.abc.ReceiveStream) -> None:
+        pending = b""
+        async for chunk in stream:
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if line == b"loadgen: window start":
+                    window.start()
+                elif line == b"loadgen: window end":
+                    window.stop()
+                else:
+                    sys.stderr.buffer.write(line + b"\n")
+                    sys.stderr.flush()
+        if pending:
+            sys.stderr.buffer.write(pending + b"\n")
+
+    # Set-up may take up to 60 s in loadgen.mjs; then warm-up, the window and the settling.
+    with trio.fail_after(90 + args.warmup + args.seconds + SETTLE_SECONDS):
+        async with trio.open_nursery() as nursery:
+            process: trio.Process = await nursery.start(partial(
+                trio.run_process, command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                check=False))
+            assert process.stdout is not None
+            assert process.stderr is not None
+            nursery.start_soon(read_stdout, process.stdout)
+            nursery.start_soon(read_stderr, process.stderr)
+    if process.returncode != 0:
+        raise SystemExit(f"bench: loadgen.mjs exited with status {process.returncode}")
+    loadgen: dict[str, Any] = orjson.loads(output)
+    if loadgen["drops"] or loadgen["socket_errors"]:
+        print(f"bench: {loadgen['drops']} connections dropped without a close frame, "
+              f"{loadgen['socket_errors']} socket errors", file=sys.stderr)
+    return loadgen, window
+
+
+async def bench(args: argparse.Namespace, port: int, pid: int,
+                node: str | None) -> dict[str, Any]:
+    await wait_ready(port)
+    if node is None:
+        loadgen, window = await bench_python(args, port, pid)
+    else:
+        loadgen, window = await bench_node(args, port, pid, node)
+    return report(args, loadgen, window)
+
+
+def report(args: argparse.Namespace, loadgen: dict[str, Any], window: Window) -> dict[str, Any]:
+    """The printed report, from a load generator's summary and the server's window."""
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value, 1)
+
+    wall = loadgen["seconds"]
+    cursor, ack = loadgen["cursor_latency_ms"], loadgen["ack_latency_ms"]
+    inbound, outbound = loadgen["ack_inbound_ms"], loadgen["ack_outbound_ms"]
+    sent, frames, entries = loadgen["moves_sent"], loadgen["frames"], loadgen["cursor_entries"]
+    expected_moves = sent * (args.players - 1)
+    lag = loadgen["loop_delay_ms"]
+    return {
+        "client": loadgen["client"],
         "rooms": args.rooms, "players": args.players, "cursor_hz": args.cursor_hz,
-        "moves_per_s": args.moves, "seconds": round(wall, 1),
-        "cursor_p50_ms": round(percentile(stats.cursor_latency, 50), 1),
-        "cursor_p99_ms": round(percentile(stats.cursor_latency, 99), 1),
-        "ack_p50_ms": round(percentile(stats.ack_latency, 50), 1),
-        "ack_p99_ms": round(percentile(stats.ack_latency, 99), 1),
-        "ack_inbound_p50_p99_ms": (round(percentile(stats.ack_inbound, 50), 1),
-                                   round(percentile(stats.ack_inbound, 99), 1)),
-        "ack_outbound_p50_p99_ms": (round(percentile(stats.ack_outbound, 50), 1),
-                                    round(percentile(stats.ack_outbound, 99), 1)),
-        "acks_received_ratio": round(stats.acks / stats.moves_sent, 4) if stats.moves_sent else 1,
-        "moves_delivered_ratio": (round(stats.moves_received / expected_moves, 4)
+        "moves_per_s": args.moves, "seconds": round(float(wall), 1),
+        "cursor_p50_ms": ms(cursor["p50"]),
+        "cursor_p99_ms": ms(cursor["p99"]),
+        "cursor_max_ms": ms(cursor["max"]),
+        "ack_p50_ms": ms(ack["p50"]),
+        "ack_p99_ms": ms(ack["p99"]),
+        "ack_max_ms": ms(ack["max"]),
+        "ack_inbound_p50_p99_ms": (ms(inbound["p50"]), ms(inbound["p99"])),
+        "ack_outbound_p50_p99_ms": (ms(outbound["p50"]), ms(outbound["p99"])),
+        "acks_received_ratio": round(loadgen["acks"] / sent, 4) if sent else 1,
+        "moves_delivered_ratio": (round(loadgen["moves_received"] / expected_moves, 4)
                                   if expected_moves else 1),
-        "frames_delivered_per_s": round(stats.frames / wall),
-        "cursor_updates_delivered_per_s": round(stats.cursor_entries / wall),
-        "server_cpu_percent": round(100 * cpu_used / wall, 1),
-        "server_cpu_us_per_frame": round(1e6 * cpu_used / max(1, stats.frames), 2),
+        "frames_delivered_per_s": round(frames / wall),
+        "cursor_updates_delivered_per_s": round(entries / wall),
+        "server_cpu_percent": round(100 * window.cpu / window.wall, 1),
+        "server_cpu_us_per_frame": round(1e6 * window.cpu / max(1, frames), 2),
         "server_cpu_us_per_update": round(
-            1e6 * cpu_used / max(1, stats.cursor_entries + stats.moves_received), 2),
-        "server_rss_mib": round(rss, 1),
-        "loadgen_cpu_percent": round(100 * own_used / wall, 1),
-        "closes": stats.closes,
-        "errors": stats.errors,
-        "cursor_latency_mean_ms": round(statistics.fmean(stats.cursor_latency), 1)
-        if stats.cursor_latency else None,
+            1e6 * window.cpu / max(1, entries + loadgen["moves_received"]), 2),
+        "server_rss_mib": round(window.rss, 1),
+        "loadgen_cpu_percent": round(loadgen["cpu_percent"], 1),
+        "loadgen_lag_p99_ms": ms(lag["p99"]) if lag else None,
+        "closes": loadgen["closes"],
+        "errors": loadgen["errors"],
+        "cursor_latency_mean_ms": ms(cursor["mean"]),
     }
+
+
+def node_client(*, explicit: bool) -> str | None:
+    """``node`` once loadgen.mjs's packages are installed (``npm ci``), else None with a note."""
+
+    def unavailable(reason: str) -> str | None:
+        if explicit:
+            raise SystemExit(f"bench: --client node: {reason}")
+        print(f"bench: {reason}; using --client python", file=sys.stderr)
+        return None
+
+    node = shutil.which("node")
+    if node is None:
+        return unavailable("node is not on PATH")
+    installed = LOADGEN / "node_modules" / ".package-lock.json"
+    if installed.exists() and (
+            installed.stat().st_mtime >= (LOADGEN / "package-lock.json").stat().st_mtime):
+        return node
+    npm = shutil.which("npm")
+    if npm is None:
+        return unavailable("npm is not on PATH to install scripts/loadgen")
+    done = subprocess.run(
+        [npm, "ci", "--prefix", str(LOADGEN), "--no-audit", "--no-fund", "--loglevel=error"],
+        capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        said = [line for line in (done.stderr or done.stdout).strip().splitlines()
+                if "complete log" not in line]
+        return unavailable("npm ci --prefix scripts/loadgen failed: "
+                           + (" / ".join(said)[:300] or f"status {done.returncode}"))
+    return node
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--client", choices=("node", "python"),
+                        help="load generator (default: node if it can be set up, else python)")
     parser.add_argument("--rooms", type=int, default=50)
     parser.add_argument("--players", type=int, default=10)
     parser.add_argument("--cursor-hz", type=float, default=20.0)
@@ -350,9 +519,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--port", type=int, default=0, help="0: pick a free port")
     parser.add_argument("--server-cpu", default="0", help="core to pin the server to")
-    parser.add_argument("--client-cpu", default="1", help="core to pin this load generator to")
+    parser.add_argument("--client-cpu", default="1", help="core to pin the load generator to")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
+    node = None if args.client == "python" else node_client(explicit=args.client == "node")
     port = args.port
     if port == 0:
         with socket.socket() as probe:
@@ -368,7 +538,7 @@ def main() -> int:
         os.sched_setaffinity(0, {int(args.client_cpu)})
     server = subprocess.Popen(command, env=env)
     try:
-        result = trio.run(bench, args, port, server.pid)
+        result = trio.run(bench, args, port, server.pid, node)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
