@@ -133,6 +133,8 @@ class Room:
         self.grace_deadline: float | None = None
         self.idle_deadline: float | None = None
         self.cursor_deadline: float | None = None
+        self.cursor_flushed = -float("inf")
+        "When the last ``cursors`` frames went out (one flush per tick at most)."
         self.sweep_deadline: float | None = None
         self.drain_deadline: float | None = None
         self.idle_requested = False
@@ -478,8 +480,7 @@ class Room:
         if isinstance(payload, msg.CursorUpdate):
             self.cursors.update(member_id, self.state_().seats[member_id].name,
                                 payload.scene_id, payload.position.x, payload.position.y)
-            if self.cursor_deadline is None:
-                self.cursor_deadline = trio.current_time() + 1.0 / self.config.cursor_tick_hz
+            self._schedule_cursors()
             return
         event_id = frame.event_id
         assert event_id is not None
@@ -603,13 +604,20 @@ class Room:
 
     def _cursor_gone(self, member_id: str) -> None:
         self.cursors.remove(member_id)
-        if self.cursors.pending and self.cursor_deadline is None:
-            self.cursor_deadline = trio.current_time() + 1.0 / self.config.cursor_tick_hz
+        if self.cursors.pending:
+            self._schedule_cursors()
+
+    def _schedule_cursors(self) -> None:
+        """Flush at once if a tick has passed since the last flush, else at the next tick."""
+        if self.cursor_deadline is None:
+            self.cursor_deadline = max(trio.current_time(),
+                                       self.cursor_flushed + 1.0 / self.config.cursor_tick_hz)
 
     def _tick_cursors(self) -> None:
         self.cursor_deadline = None
         if not self.cursors.pending:
             return
+        self.cursor_flushed = trio.current_time()
         for member_id, wire in self.cursors.flush(list(self.members), self._now_ms()):
             self.members[member_id].queue(wire)
 
