@@ -98,6 +98,10 @@ class Config:
         600.0, "NEXUS_HIBERNATION_TIMEOUT", "--hibernation-timeout",
         "Seconds a hibernating room (nobody connected) is kept before it is abandoned.",
         _seconds, "s")
+    abandoned_retention: float = setting(
+        86_400.0, "NEXUS_ABANDONED_RETENTION", "--abandoned-retention",
+        "Seconds after its last activity that an abandoned room is deleted from the store.",
+        _seconds_or_zero, "s")
     cursor_tick_hz: float = setting(
         20.0, "NEXUS_CURSOR_TICK_HZ", "--cursor-tick-hz",
         "Cursor frames per second sent to each member (changed cursors coalesced per tick).",

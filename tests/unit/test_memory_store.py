@@ -272,3 +272,14 @@ async def test_counters_track_committed_batches_and_writes() -> None:
     await new_room(store, 1, 2)
     await store.commit(append(3))
     assert (store.commits, store.writes) == (2, 4)
+
+
+async def test_delete_abandoned_removes_only_rooms_abandoned_before_the_cutoff() -> None:
+    store = MemoryStore()
+    await store.commit([
+        put_room("AAAA", status="abandoned", last_activity=100, created=True),
+        put_room("BBBB", status="abandoned", last_activity=500, created=True),
+        put_room("CCCC", status="hibernating", last_activity=100, created=True),
+    ])
+    assert await store.delete_abandoned(200) == 1
+    assert sorted(store.codes()) == ["BBBB", "CCCC"]

@@ -72,20 +72,15 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-@attrs.frozen
-class _Seen:
-    """What the room remembers of a journaled event to answer a duplicate."""
+Seen = tuple[int, str, str | None, str | None, Any]
+"""What the room remembers of a journaled event to answer a duplicate:
+``(serverSequence, eventId, actorId, updateId, version)``. A plain tuple of atoms,
+so the garbage collector stops tracking it (the journal is long-lived and large)."""
 
-    sequence: int
-    event_id: str
-    actor_id: str | None
-    update_id: str | None
-    version: Any
 
-    @classmethod
-    def of(cls, event: Event) -> _Seen:
-        return cls(sequence=event.sequence, event_id=event.event_id, actor_id=event.actor_id,
-                   update_id=event.data.get("updateId"), version=event.data.get("version"))
+def _seen(event: Event) -> Seen:
+    return (event.sequence, event.event_id, event.actor_id, event.data.get("updateId"),
+            event.data.get("version"))
 
 
 @attrs.define
@@ -113,9 +108,9 @@ class Room:
         "``None`` while the code is unclaimed (no such room yet)."
         self.epochs: list[tuple[int, int]] = []
         self.hibernating = False
-        self.journal: deque[tuple[int, str, Wire]] = deque()
-        "The retained journal tail ``(serverSequence, eventId, frame)``, replayed as encoded."
-        self.by_event_id: dict[str, _Seen] = {}
+        self.journal: deque[tuple[int, str, bytes]] = deque()
+        "The retained journal tail ``(serverSequence, eventId, encoded frame)``, for replay."
+        self.by_event_id: dict[str, Seen] = {}
         self.members: dict[str, Peer] = {}
         "Connected members and their current connection."
         self.member_of: dict[int, str] = {}
@@ -163,8 +158,8 @@ class Room:
                 ev.apply(state, event, chat_history=self.config.chat_history)
         self.state = state
         retained = list(record.journal)[-self.config.journal_retain:]
-        self.journal.extend((e.sequence, e.event_id, e.wire()) for e in retained)
-        self.by_event_id = {e.event_id: _Seen.of(e) for e in retained}
+        self.journal.extend((e.sequence, e.event_id, e.wire().payload) for e in retained)
+        self.by_event_id = {e.event_id: _seen(e) for e in retained}
         self.gate = OutputGate(state.sequence)
         self.epochs = list(record.epochs) or [(1, 1)]
         if record.status == "active" and not self.flushed:
@@ -389,7 +384,8 @@ class Room:
         now_ms = self._now_ms()
         session = encode("event", data, now_ms)
         peer.queue(session)
-        replay = ([wire for sequence, _, wire in self.journal if sequence > resume]
+        replay = ([Wire(payload, "event") for sequence, _, payload in self.journal
+                   if sequence > resume]
                   if resume is not None else [])
         if (peer.queued + len(replay) + 2 > peer.max_frames
                 or len(session) + sum(map(len, replay)) + 4096 > peer.max_bytes):
@@ -491,11 +487,11 @@ class Room:
             return
         prior = self.by_event_id.get(event_id)
         if prior is not None:
-            if prior.actor_id != member_id:
+            if prior[2] != member_id:
                 peer.queue(outbound.error(Code.INVALID, "eventId is already used",
                                           self._now_ms(), event_id=event_id))
                 return
-            self._acknowledge(member_id, prior, prior.sequence, duplicate=True)
+            self._acknowledge(member_id, prior, prior[0], duplicate=True)
             return
         if not self._persist_has_room(3):
             peer.queue(outbound.error(Code.OVERLOADED, "the server is busy; send it again later",
@@ -516,7 +512,7 @@ class Room:
             applied.append(self._commit(item, actor=member_id,
                                         event_id=event_id if index == 0 else self.s.deps.new_id(),
                                         gate=member_id))
-        self._acknowledge(member_id, _Seen.of(applied[0]), applied[-1].sequence,
+        self._acknowledge(member_id, _seen(applied[0]), applied[-1].sequence,
                           duplicate=False)
         self._after(applied, member_id)
 
@@ -565,8 +561,8 @@ class Room:
                       secret=item.secret)
         ev.apply(state, event, chat_history=self.config.chat_history)
         wire = event.wire()
-        self.journal.append((event.sequence, event.event_id, wire))
-        self.by_event_id[event.event_id] = _Seen.of(event)
+        self.journal.append((event.sequence, event.event_id, wire.payload))
+        self.by_event_id[event.event_id] = _seen(event)
         if len(self.journal) > self.config.journal_retain:
             self.by_event_id.pop(self.journal.popleft()[1], None)
         self.gate.journaled(self._write(AppendEvent(code=self.code, event=event)), event.sequence)
@@ -580,17 +576,17 @@ class Room:
             self.gate.own_event(gate, event.sequence, wire)
         return event
 
-    def _acknowledge(self, member_id: str, event: _Seen, sequence: int, *,
+    def _acknowledge(self, member_id: str, event: Seen, sequence: int, *,
                      duplicate: bool) -> None:
         """Send ``event-ack`` (and ``update-confirmed``) once ``sequence`` is durable."""
         now_ms = self._now_ms()
-        frames = [encode("event-ack", {"eventId": event.event_id,
-                                       "serverSequence": event.sequence,
+        event_sequence, event_id, _, update_id, version = event
+        frames = [encode("event-ack", {"eventId": event_id, "serverSequence": event_sequence,
                                        "duplicate": duplicate}, now_ms)]
-        if event.update_id is not None:
+        if update_id is not None:
             frames.append(encode("update-confirmed", {
-                "updateId": event.update_id, "eventId": event.event_id,
-                "serverSequence": event.sequence, "version": event.version}, now_ms))
+                "updateId": update_id, "eventId": event_id,
+                "serverSequence": event_sequence, "version": version}, now_ms))
         self.gate.after(member_id, sequence, frames, self.members.get(member_id))
 
     def on_committed(self, mark: int) -> None:

@@ -87,6 +87,10 @@ class Store(Protocol):
         """Mark rooms hibernating since before ``before`` (ms) abandoned; return their codes."""
         ...
 
+    async def delete_abandoned(self, before: int) -> int:
+        """Delete rooms abandoned since before ``before`` (ms), with their journals."""
+        ...
+
     async def ping(self) -> None:
         """Raise ``StoreError`` if the store cannot be reached."""
         ...

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Sequence
 
 import attrs
+import orjson
 import trio
 
 from ..errors import StoreError
@@ -28,7 +29,8 @@ class _Row:
     host_id: str | None = None
     snapshot: bytes | None = None
     snapshot_sequence: int = 0
-    journal: deque[Event] = attrs.Factory(deque)
+    journal: deque[tuple[int, str, bytes]] = attrs.Factory(deque)
+    "``(serverSequence, eventId, JSON)``: stored serialized, as a database would."
     event_ids: set[str] = attrs.Factory(set)
 
 
@@ -82,7 +84,8 @@ class MemoryStore:
         if row is None:
             return None
         return RoomRecord(code=code, status=row.status, last_activity=row.last_activity,
-                          epochs=row.epochs, snapshot=row.snapshot, journal=list(row.journal))
+                          epochs=row.epochs, snapshot=row.snapshot,
+                          journal=[_decode(entry) for entry in row.journal])
 
     async def commit(self, writes: Sequence[Write]) -> None:
         await self._gate()
@@ -122,7 +125,7 @@ class MemoryStore:
                     continue
                 expected = next_sequence.get(write.code)
                 if expected is None and row is not None and row.journal:
-                    expected = row.journal[-1].sequence + 1
+                    expected = row.journal[-1][0] + 1
                 if expected is not None and write.event.sequence != expected:
                     raise StoreError(f"room {write.code}: event {write.event.sequence} "
                                      f"does not follow {expected - 1}")
@@ -149,7 +152,9 @@ class MemoryStore:
                     row.host_id = write.host_id
             elif isinstance(write, AppendEvent):
                 assert row is not None
-                row.journal.append(write.event)
+                event = write.event
+                row.journal.append((event.sequence, event.event_id,
+                                    orjson.dumps(event.to_json())))
                 row.event_ids.add(write.event.event_id)
             else:
                 assert row is not None
@@ -159,10 +164,10 @@ class MemoryStore:
         for code in touched:
             row = self._rooms[code]
             # Keep the retained tail, but never drop an event the snapshot does not cover.
-            last = row.journal[-1].sequence if row.journal else 0
+            last = row.journal[-1][0] if row.journal else 0
             keep_after = min(row.snapshot_sequence, last - self.journal_retain)
-            while row.journal and row.journal[0].sequence <= keep_after:
-                row.event_ids.discard(row.journal.popleft().event_id)
+            while row.journal and row.journal[0][0] <= keep_after:
+                row.event_ids.discard(row.journal.popleft()[1])
 
     async def abandon_idle(self, before: int) -> list[str]:
         await self._gate()
@@ -171,6 +176,14 @@ class MemoryStore:
         for code in codes:
             self._rooms[code].status = "abandoned"
         return codes
+
+    async def delete_abandoned(self, before: int) -> int:
+        await self._gate()
+        codes = [code for code, row in self._rooms.items()
+                 if row.status == "abandoned" and row.last_activity < before]
+        for code in codes:
+            del self._rooms[code]
+        return len(codes)
 
     async def ping(self) -> None:
         await self._gate()
@@ -182,7 +195,7 @@ class MemoryStore:
 
     def journal(self, code: str) -> list[Event]:
         row = self._rooms.get(code)
-        return list(row.journal) if row else []
+        return [_decode(entry) for entry in row.journal] if row else []
 
     def status(self, code: str) -> RoomStatus | None:
         row = self._rooms.get(code)
@@ -194,12 +207,16 @@ class MemoryStore:
 
 def _committed(row: _Row | None, event: Event, code: str) -> bool:
     """Whether ``event`` is already in the journal (a batch retried after it committed)."""
-    if row is None or not row.journal or event.sequence > row.journal[-1].sequence:
+    if row is None or not row.journal or event.sequence > row.journal[-1][0]:
         return False
-    first = row.journal[0].sequence
+    first = row.journal[0][0]
     if event.sequence < first:
         return event.event_id not in row.event_ids  # committed, then trimmed
-    existing = row.journal[event.sequence - first]
-    if existing.event_id != event.event_id:
+    existing_id = row.journal[event.sequence - first][1]
+    if existing_id != event.event_id:
         raise StoreError(f"room {code}: sequence {event.sequence} is taken by another event")
     return True
+
+
+def _decode(entry: tuple[int, str, bytes]) -> Event:
+    return Event.from_json(orjson.loads(entry[2]))
