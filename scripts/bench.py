@@ -266,7 +266,8 @@ async def run_room(port: int, room_index: int, args: argparse.Namespace, stats: 
             frames = [text_frame(orjson.dumps({"type": "event", "data": {
                 "name": "cursor/update", "sceneId": f"s{room_index}",
                 "position": {"x": now, "y": float(index)}}}))]
-            if move_every and (tick + index) % move_every == 0:
+            # Each player moves at its own phase: durable writes arrive evenly over time.
+            if move_every and (tick + room_index * len(clients) + index) % move_every == 0:
                 client.seq += 1
                 event_id = f"m{room_index}-{index}-{client.seq}"
                 if stats.measuring:

@@ -367,7 +367,9 @@ class Room {
       const client = this.clients[i];
       const cursor = `{"type":"event","data":{"name":"cursor/update","sceneId":"s${r}",`
         + `"position":{"x":${now},"y":${i}}}}`;
-      if (moveEvery && (tick + i) % moveEvery === 0) {
+      // Each player moves once per moveEvery ticks, at its own phase: durable writes
+      // arrive evenly over time, as they do from real players (not in lock-step bursts).
+      if (moveEvery && (tick + r * this.clients.length + i) % moveEvery === 0) {
         client.seq += 1;
         const eventId = `m${r}-${i}-${client.seq}`;
         if (stats.measuring) {

@@ -209,3 +209,25 @@ async def test_a_superseded_connection_keeps_its_seat_cursor(
         moved = await host.until("cursors")
         assert moved["data"]["removed"] == []  # never listed as gone: the seat stayed
         assert moved["data"]["cursors"][0]["position"] == {"x": 6.0, "y": 6.0}
+
+
+async def test_a_cursor_sent_just_before_a_drop_never_comes_back(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        host = await server.create("GM")
+        ana = await server.join(host.room, "Ana")
+        await ana.cursor("s1", 1, 1)
+        await host.until("cursors")  # a round just went out: the next cursor waits a tick
+        await ana.cursor("s1", 2, 2)
+        ana.drop()
+        await host.until("event", "session/disconnected")
+        bob = await server.join(host.room, "Bob")
+        await bob.cursor("s1", 3, 3)
+        later = await host.until("cursors")
+        assert ana.uuid not in [c["userId"] for c in later["data"]["cursors"]]
+        assert later["data"]["removed"] == [ana.uuid]
+        with trio.move_on_after(1):
+            while True:
+                frame = await host.next("cursors")
+                assert ana.uuid not in [c["userId"] for c in frame["data"]["cursors"]]
+        assert bob.session["players"][1]["connected"] is False

@@ -46,8 +46,10 @@ from ..protocol.http import HttpReply
 from ..protocol.limits import TokenBucket
 from ..protocol.wire import Wire
 from . import peer as close
+from .mailbox import CursorMailbox
 from .messages import (
     Attached,
+    CursorsPending,
     Detach,
     Inbound,
     OpenSession,
@@ -177,6 +179,7 @@ class Connection:
         self.binary = False
         "The message being assembled is a binary one."
         self.room: trio.MemorySendChannel[RoomMsg] | None = None
+        self.cursors: CursorMailbox | None = None
         self.pongs: dict[bytes, trio.Event] = {}
         now = trio.current_time()
         self.bucket = TokenBucket(config.rate_limit, config.rate_burst, updated=now)
@@ -357,6 +360,12 @@ class Connection:
             if isinstance(message, inbound.Heartbeat):
                 self.peer.send(outbound.heartbeat_pong(message.id, self.deps.wall_ms()))
                 continue
+            payload = message.payload
+            if isinstance(payload, inbound.CursorUpdate):
+                if self.cursors is not None and self.cursors.put(
+                        self.peer.id, payload.scene_id, payload.position.x, payload.position.y):
+                    await self._to_room(CursorsPending())
+                continue
             await self._to_room(Inbound(peer_id=self.peer.id, frame=message))
 
     def _rate_limited(self, now: float) -> None:
@@ -482,6 +491,7 @@ async def run_connection(handshake: Handshake, request: OpenRequest | Refused, p
                 await conn.reader()
                 return
             conn.room = result.room
+            conn.cursors = result.cursors
             nursery.start_soon(conn.heartbeat)
             await conn.reader()
             # The client closed or vanished: let the writer answer a close, then stop.

@@ -14,6 +14,7 @@ from ..errors import Code
 from ..protocol.connect import OpenRequest
 from ..protocol.inbound import EventFrame
 from ..protocol.wire import Wire
+from .mailbox import CursorMailbox
 from .peer import Peer
 
 # Replies to a connection asking for a seat ---------------------------------
@@ -24,6 +25,8 @@ class Attached:
     member_id: str
     room: trio.MemorySendChannel[RoomMsg]
     "The room's mailbox (a clone the connection owns and closes)."
+    cursors: CursorMailbox
+    "Where the connection leaves its latest cursor for the room's next tick."
 
 
 @attrs.frozen(kw_only=True)
@@ -66,6 +69,11 @@ class Detach:
     peer_id: int
 
 
+@attrs.frozen
+class CursorsPending:
+    """A connection left a cursor in the room's cursor mailbox: schedule a tick."""
+
+
 @attrs.frozen(kw_only=True)
 class Committed:
     """The persistence actor committed this room's intents up to ``mark``."""
@@ -88,7 +96,7 @@ class Crash:
     """Fault injection: make the room actor raise (tests and the simulation)."""
 
 
-RoomMsg = Attach | Inbound | Detach | Committed | Stop | Drain | Crash
+RoomMsg = Attach | Inbound | CursorsPending | Detach | Committed | Stop | Drain | Crash
 
 # Registry mailbox ----------------------------------------------------------
 

@@ -36,11 +36,13 @@ from ..room.state import RoomState, Seat
 from ..store.base import AppendEvent, PutRoom, PutSnapshot, RoomRecord, Write
 from . import peer as close
 from .gate import OutputGate
+from .mailbox import CursorMailbox
 from .messages import (
     Attach,
     Attached,
     Committed,
     Crash,
+    CursorsPending,
     Detach,
     Drain,
     Inbound,
@@ -119,6 +121,7 @@ class Room:
         self.seen_through: dict[str, int] = {}
         "Sequence each connected member's welcome or replay covered."
         self.cursors = CursorBoard()
+        self.cursor_mailbox = CursorMailbox()
         self.mark = 0
         self.committed_mark = 0
         self.backlog: deque[Intent] = deque()
@@ -230,6 +233,8 @@ class Room:
     def handle(self, message: RoomMsg) -> None:
         if isinstance(message, Inbound):
             self.on_inbound(message)
+        elif isinstance(message, CursorsPending):
+            self._schedule_cursors()
         elif isinstance(message, Committed):
             self.on_committed(message.mark)
         elif isinstance(message, Attach):
@@ -343,7 +348,8 @@ class Room:
     def _seat(self, a: Attach, member_id: str) -> bool:
         """Bind the connection to the seat and answer the connection; false if it is gone."""
         try:
-            a.reply.send_nowait(Attached(member_id=member_id, room=a.inbox))
+            a.reply.send_nowait(Attached(member_id=member_id, room=a.inbox,
+                                         cursors=self.cursor_mailbox))
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
             a.inbox.close()
             return False
@@ -473,11 +479,7 @@ class Room:
         peer = self.members[member_id]
         frame = m.frame
         payload = frame.payload
-        if isinstance(payload, msg.CursorUpdate):
-            self.cursors.update(member_id, self.state_().seats[member_id].name,
-                                payload.scene_id, payload.position.x, payload.position.y)
-            self._schedule_cursors()
-            return
+        assert not isinstance(payload, msg.CursorUpdate)  # cursors use the cursor mailbox
         event_id = frame.event_id
         assert event_id is not None
         if self.draining:
@@ -611,6 +613,11 @@ class Room:
 
     def _tick_cursors(self) -> None:
         self.cursor_deadline = None
+        seats = self.state_().seats
+        for peer_id, (scene_id, x, y) in self.cursor_mailbox.take().items():
+            member_id = self.member_of.get(peer_id)
+            if member_id is not None:  # else: superseded or gone since it moved
+                self.cursors.update(member_id, seats[member_id].name, scene_id, x, y)
         if not self.cursors.pending:
             return
         self.cursor_flushed = trio.current_time()
