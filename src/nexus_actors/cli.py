@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The WebSocket library logs every request and connection at INFO; the server's
+    # own log lines cover what an operator needs.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 GC_THRESHOLDS = (20_000, 50, 100)
