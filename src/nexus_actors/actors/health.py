@@ -16,8 +16,6 @@ class Health:
     store_error: str | None = None
     "The last store error while ``store_ok`` is false."
     outage_since: float | None = None
-    persist_queue: int = 0
-    "Write intents waiting, as last seen by the persistence actor."
 
     @property
     def ready(self) -> bool:

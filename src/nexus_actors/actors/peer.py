@@ -65,8 +65,6 @@ class Peer:
         self.closed = False
         "Set when the connection is gone (the room treats it as a disconnect)."
         self.aborted = False
-        self.frames_sent = 0
-        self.frames_dropped = 0
         self.held = False
         "Frames stay queued (not written) until :meth:`release`: the seat is not durable yet."
         self._scope: trio.CancelScope | None = None
@@ -92,10 +90,8 @@ class Peer:
     def queue(self, wire: Wire) -> bool:
         """Queue a frame for the next :meth:`flush`. ``False``: dropped (closing or full)."""
         if self.closing is not None or self.closed:
-            self.frames_dropped += 1
             return False
         if len(self._queue) >= self.max_frames or self._queued_bytes + len(wire) > self.max_bytes:
-            self.frames_dropped += 1 + len(self._queue)
             self._queue.clear()
             self._queued_bytes = 0
             self._on_overflow(self)
@@ -131,7 +127,6 @@ class Peer:
         if self.closing is not None or self.closed:
             return
         if discard_pending:
-            self.frames_dropped += len(self._queue)
             self._queue.clear()
             self._queued_bytes = 0
         self.closing = CloseRequest(code, reason, final)
@@ -163,7 +158,6 @@ class Peer:
         frames = list(self._queue)
         self._queue.clear()
         self._queued_bytes = 0
-        self.frames_sent += len(frames)
         return frames
 
     @property

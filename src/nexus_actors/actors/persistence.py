@@ -98,7 +98,6 @@ async def run_persistence(
             if not batch:
                 continue
             await _fill(inbox, batch, config)
-            health.persist_queue = inbox.statistics().current_buffer_used
             writes = [m.write for m in batch if isinstance(m, Intent)]
             if writes:
                 await _commit_with_retry(store, writes, health)

@@ -408,6 +408,7 @@ class Room:
             for wire in replay:
                 peer.queue(wire)
         self.seen_through[member_id] = state.sequence
+        self._collect_cursors()  # the newest positions, not the last round's
         baseline = self.cursors.baseline(member_id, now_ms)
         if baseline is not None:
             peer.queue(baseline)
@@ -611,13 +612,17 @@ class Room:
             self.cursor_deadline = max(trio.current_time(),
                                        self.cursor_flushed + 1.0 / self.config.cursor_tick_hz)
 
-    def _tick_cursors(self) -> None:
-        self.cursor_deadline = None
+    def _collect_cursors(self) -> None:
+        """Move the latest cursors left in the mailbox onto the board."""
         seats = self.state_().seats
         for peer_id, (scene_id, x, y) in self.cursor_mailbox.take().items():
             member_id = self.member_of.get(peer_id)
             if member_id is not None:  # else: superseded or gone since it moved
                 self.cursors.update(member_id, seats[member_id].name, scene_id, x, y)
+
+    def _tick_cursors(self) -> None:
+        self.cursor_deadline = None
+        self._collect_cursors()
         if not self.cursors.pending:
             return
         self.cursor_flushed = trio.current_time()

@@ -546,6 +546,7 @@ _APPLIERS: Final[dict[str, Applier]] = {
     "session/hibernated": _noop,
 }
 
+
 DURABLE_EVENT_NAMES: Final = frozenset(_APPLIERS) | {"session/join"}
 "Every event name that can appear in the journal."
 
