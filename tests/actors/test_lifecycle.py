@@ -469,7 +469,7 @@ async def test_drain_refuses_new_durable_events_with_a_retry_hint(
 async def test_abandoned_rooms_are_deleted_after_the_retention(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server(host_grace=GRACE, hibernation_timeout=TIMEOUT,
-                           abandoned_retention=600) as server:
+                           abandoned_retention=600, cleanup_interval=60) as server:
         host, _ = await hibernated_room(server)
         await trio.sleep(TIMEOUT + 60)
         assert server.store.status(host.room) == "abandoned"

@@ -120,7 +120,7 @@ def test_settings_table_lists_every_setting_with_env_flag_and_default() -> None:
     for row, (_name, meta, default) in zip(table[2:], settings, strict=True):
         assert f"`{meta.env}`" in row
         assert f"`{meta.flag}`" in row
-        assert f"`{default}`" in row
+        assert (f"`{default}`" if default is not None else "| unset") in row
         assert meta.help in row
 
 
@@ -157,3 +157,16 @@ def test_configuration_doc_shows_the_current_settings_table() -> None:
     doc = Path(__file__).parents[2] / "docs" / "configuration.md"
     assert settings_table() in doc.read_text(), (
         "docs/configuration.md is stale: paste the output of `nexus-actors settings`")
+
+
+def test_database_url_is_never_shown_in_the_config_repr() -> None:
+    config = Config.from_sources({}, {"DATABASE_URL": "postgresql://app:s3cret@db/nexus"})
+    assert config.database_url == "postgresql://app:s3cret@db/nexus"
+    assert "s3cret" not in repr(config)
+
+
+def test_db_ssl_accepts_the_usual_spellings_and_refuses_others() -> None:
+    assert Config.from_sources({}, {"DB_SSL": "true"}).db_ssl is True
+    assert Config.from_sources({}, {"DB_SSL": "0"}).db_ssl is False
+    with pytest.raises(ConfigError, match="DB_SSL"):
+        Config.from_sources({}, {"DB_SSL": "maybe"})

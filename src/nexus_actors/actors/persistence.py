@@ -46,6 +46,25 @@ PersistMsg = Intent | Flush
 
 RETRY_FIRST = 0.05
 RETRY_MAX = 5.0
+PING_INTERVAL = 5.0
+"Seconds without a commit after which the store is pinged, so /ready notices an outage."
+
+
+def _failed(health: Health, exc: StoreError) -> None:
+    if health.store_ok:
+        health.store_ok = False
+        health.outage_since = trio.current_time()
+        log.warning("store outage began: %s", exc.message)
+    health.store_error = exc.message
+
+
+def _recovered(health: Health) -> None:
+    if not health.store_ok:
+        since = health.outage_since or trio.current_time()
+        log.warning("store outage ended after %.1fs", trio.current_time() - since)
+        health.store_ok = True
+        health.store_error = None
+        health.outage_since = None
 
 
 async def _commit_with_retry(store: Store, writes: Sequence[Write], health: Health) -> None:
@@ -54,21 +73,21 @@ async def _commit_with_retry(store: Store, writes: Sequence[Write], health: Heal
         try:
             await store.commit(writes)
         except StoreError as exc:
-            if health.store_ok:
-                health.store_ok = False
-                health.outage_since = trio.current_time()
-                log.warning("store outage began: %s", exc.message)
-            health.store_error = exc.message
+            _failed(health, exc)
             await trio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
             continue
-        if not health.store_ok:
-            since = health.outage_since or trio.current_time()
-            log.warning("store outage ended after %.1fs", trio.current_time() - since)
-            health.store_ok = True
-            health.store_error = None
-            health.outage_since = None
+        _recovered(health)
         return
+
+
+async def _ping(store: Store, health: Health) -> None:
+    try:
+        await store.ping()
+    except StoreError as exc:
+        _failed(health, exc)
+    else:
+        _recovered(health)
 
 
 async def run_persistence(
@@ -86,14 +105,17 @@ async def run_persistence(
         while True:
             batch: list[PersistMsg] = []
             try:
-                if unsent:
-                    with trio.move_on_after(config.persist_flush_interval or 0.001):
-                        batch.append(await inbox.receive())
-                else:
+                wait = (config.persist_flush_interval or 0.001) if unsent else PING_INTERVAL
+                with trio.move_on_after(wait):
                     batch.append(await inbox.receive())
             except trio.EndOfChannel:
                 if not unsent:
                     return
+                _notify(unsent)
+                await trio.sleep(config.persist_flush_interval or 0.001)
+                continue
+            if not batch and not unsent:
+                await _ping(store, health)  # idle: is the store still there?
             _notify(unsent)
             if not batch:
                 continue

@@ -23,8 +23,7 @@ import orjson
 import trio
 
 from ..errors import Code, StoreError
-from ..protocol import inbound as msg
-from ..protocol import outbound
+from ..protocol import inbound as msg, outbound
 from ..protocol.connect import CreateRoom, ResumeSeat
 from ..protocol.wire import Wire, encode
 from ..room import events as ev
@@ -33,7 +32,15 @@ from ..room.events import Event, Planned, Rejection
 from ..room.hosts import successor
 from ..room.resume import resume_point
 from ..room.state import RoomState, Seat
-from ..store.base import AppendEvent, PutRoom, PutSnapshot, RoomRecord, Write
+from ..store.base import (
+    AppendEvent,
+    LogConnection,
+    PutPresence,
+    PutRoom,
+    PutSnapshot,
+    RoomRecord,
+    Write,
+)
 from . import peer as close
 from .gate import OutputGate
 from .mailbox import CursorMailbox
@@ -128,6 +135,9 @@ class Room:
         "Writes the persistence queue had no room for yet (sent in order, before any new one)."
         self.gate = OutputGate()
         self.since_snapshot = 0
+        self.snapshot_deadline: float | None = None
+        self.last_seen: dict[str, int] = {}
+        "When each seat was last connected (wall-clock ms), for seat expiry."
         self.grace_deadline: float | None = None
         self.idle_deadline: float | None = None
         self.cursor_deadline: float | None = None
@@ -173,6 +183,9 @@ class Room:
             log.info("room %s restored after an unclean stop (epoch %d)", self.code,
                      self.epochs[-1][0])
         self._put_room("active", now_ms)
+        self.last_seen = {member_id: record.last_seen.get(member_id, now_ms)
+                          for member_id in state.seats}
+        self._expire_seats(now_ms)
         now = trio.current_time()
         if state.host_id is not None:
             # After a restart the host gets its grace period again; a room that hibernated
@@ -225,7 +238,8 @@ class Room:
 
     def _next_deadline(self) -> float:
         deadlines = [d for d in (self.grace_deadline, self.idle_deadline, self.cursor_deadline,
-                                 self.sweep_deadline, self.drain_deadline) if d is not None]
+                                 self.sweep_deadline, self.drain_deadline,
+                                 self.snapshot_deadline) if d is not None]
         if self.backlog:
             deadlines.append(trio.current_time() + BACKLOG_RETRY)
         return min(deadlines) if deadlines else float("inf")
@@ -262,6 +276,8 @@ class Room:
             self._go_idle()
         if self.drain_deadline is not None and now >= self.drain_deadline:
             self._drain_step()
+        if self.snapshot_deadline is not None and now >= self.snapshot_deadline:
+            self._snapshot()
 
     # Seats ---------------------------------------------------------------
 
@@ -362,6 +378,12 @@ class Room:
             self.sweep_deadline = trio.current_time() + SWEEP_INTERVAL
         if member_id == self.state_().host_id:
             self.grace_deadline = None
+        now_ms = self._now_ms()
+        self.last_seen[member_id] = now_ms
+        self._record(PutPresence(code=self.code, member_id=member_id, connected=True, at=now_ms))
+        kind = "resume" if isinstance(a.request, ResumeSeat) else "connect"
+        self._record(LogConnection(code=self.code, user_id=member_id, kind=kind, at=now_ms,
+                                   metadata={"address": peer.address}))
         return True
 
     def _refuse(self, a: Attach, code: Code, message: str, close_code: int,
@@ -433,6 +455,14 @@ class Room:
         self.gate.forget(member_id)
         if not keep_cursor:
             self._cursor_gone(member_id)
+        if member_id in self.state_().seats:
+            now_ms = self._now_ms()
+            self.last_seen[member_id] = now_ms
+            if not keep_cursor:
+                self._record(PutPresence(code=self.code, member_id=member_id, connected=False,
+                                         at=now_ms))
+                self._record(LogConnection(code=self.code, user_id=member_id,
+                                           kind="disconnect", at=now_ms))
         if not announce:
             return
         self._broadcast(self._notice("session/disconnected", {"uuid": member_id}))
@@ -449,7 +479,19 @@ class Room:
         for member_id, peer in list(self.members.items()):
             if peer.closed and self.members.get(member_id) is peer:
                 self._drop_connection(member_id, announce=True)
+        self._expire_seats(self._now_ms())
         self.sweep_deadline = now + SWEEP_INTERVAL if self.members else None
+
+    def _expire_seats(self, now_ms: int) -> None:
+        """Give up the seats of members not connected for ``seat_ttl`` (journaled leaves)."""
+        state = self.state_()
+        ttl_ms = self.config.seat_ttl * 1000
+        for member_id in [m for m in state.seats if m not in self.members
+                          and now_ms - self.last_seen.get(m, now_ms) > ttl_ms]:
+            for item in ev.seat_given_up(state, member_id, "expired", self.since):
+                self._commit(item, actor=None, event_id=self.s.deps.new_id())
+            self.last_seen.pop(member_id, None)
+            log.info("room %s: seat %s expired", self.code, member_id)
 
     # Hosts ---------------------------------------------------------------
 
@@ -523,6 +565,9 @@ class Room:
         """Connection effects of session events: kicked and departed members go."""
         for event in applied:
             if event.name == "session/kicked":
+                self._record(LogConnection(code=self.code, user_id=event.data["playerId"],
+                                           kind="kicked", at=event.timestamp,
+                                           metadata={"by": actor}))
                 target = event.data["playerId"]
                 peer = self.members.get(target)
                 if peer is not None:
@@ -572,6 +617,13 @@ class Room:
         self.since_snapshot += 1
         if self.since_snapshot >= self.config.snapshot_every:
             self._snapshot()
+        elif self.snapshot_deadline is None:
+            self.snapshot_deadline = trio.current_time() + self.config.snapshot_interval
+        if event.name == "session/host-migrated":
+            self._record(LogConnection(code=self.code, user_id=event.data["newHostId"],
+                                       kind="host-migrated", at=event.timestamp,
+                                       metadata={"previous": event.data["previousHostId"],
+                                                 "manual": event.data["manual"]}))
         for member_id, peer in self.members.items():
             if member_id != gate and self.seen_through.get(member_id, 0) < event.sequence:
                 peer.queue(wire)
@@ -645,6 +697,14 @@ class Room:
                 return
             self.backlog.popleft()
 
+    def _record(self, write: Write) -> None:
+        """A best-effort write (presence, connection log): dropped rather than ever waited for
+        when the persistence queue is more than half full."""
+        stats = self.s.persist.statistics()
+        if self.backlog or stats.current_buffer_used * 2 > stats.max_buffer_size:
+            return
+        self.s.persist.send_nowait(Intent(write=write))
+
     def _persist_has_room(self, count: int) -> bool:
         """Admission control for client work: leave headroom for the room's own writes."""
         if self.backlog:
@@ -655,6 +715,7 @@ class Room:
     def _snapshot(self) -> None:
         state = self.state_()
         self.since_snapshot = 0
+        self.snapshot_deadline = None
         self._write(PutSnapshot(code=self.code, sequence=state.sequence,
                                 snapshot=orjson.dumps(state.snapshot())))
 

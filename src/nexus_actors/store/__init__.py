@@ -2,20 +2,12 @@
 
 from .base import (
     AppendEvent as AppendEvent,
-)
-from .base import (
+    LogConnection as LogConnection,
+    PutPresence as PutPresence,
     PutRoom as PutRoom,
-)
-from .base import (
     PutSnapshot as PutSnapshot,
-)
-from .base import (
     RoomRecord as RoomRecord,
-)
-from .base import (
     Store as Store,
-)
-from .base import (
     Write as Write,
 )
 from .memory import MemoryStore as MemoryStore

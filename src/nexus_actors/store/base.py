@@ -7,8 +7,8 @@ a room actor when it starts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol
 
 import attrs
 
@@ -49,7 +49,30 @@ class PutRoom:
     "A new room: replaces any abandoned room of the same code."
 
 
-Write = AppendEvent | PutSnapshot | PutRoom
+@attrs.frozen(kw_only=True)
+class PutPresence:
+    """A seat's connection state and when it was last seen (for operators and seat expiry)."""
+
+    code: str
+    member_id: str
+    connected: bool
+    at: int
+    "Wall-clock milliseconds."
+
+
+@attrs.frozen(kw_only=True)
+class LogConnection:
+    """A connection lifecycle record for ``connection_events`` (best-effort analytics)."""
+
+    code: str
+    user_id: str | None
+    kind: str
+    "``connect``, ``resume``, ``disconnect``, ``host-migrated``, ``kicked``, ..."
+    at: int
+    metadata: dict[str, Any] | None = None
+
+
+Write = AppendEvent | PutSnapshot | PutRoom | PutPresence | LogConnection
 
 
 @attrs.frozen(kw_only=True)
@@ -64,10 +87,16 @@ class RoomRecord:
     "Latest snapshot JSON, or ``None`` when the room has only a journal."
     journal: Sequence[Event]
     "Retained events in ``serverSequence`` order (at least every event after the snapshot)."
+    last_seen: Mapping[str, int] = attrs.Factory(dict)
+    "When each seat was last seen connected (wall-clock ms), where known."
 
 
 class Store(Protocol):
     """Durable storage for rooms. Implementations must make ``commit`` atomic."""
+
+    async def open(self) -> None:
+        """Get ready (connect); called once before use."""
+        ...
 
     async def load_room(self, code: str) -> RoomRecord | None:
         """The room's record, or ``None`` if the code was never used."""

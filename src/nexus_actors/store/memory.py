@@ -18,7 +18,15 @@ import trio
 
 from ..errors import StoreError
 from ..room.events import Event
-from .base import AppendEvent, PutRoom, RoomRecord, RoomStatus, Write
+from .base import (
+    AppendEvent,
+    LogConnection,
+    PutPresence,
+    PutRoom,
+    RoomRecord,
+    RoomStatus,
+    Write,
+)
 
 
 @attrs.define(kw_only=True)
@@ -29,6 +37,7 @@ class _Row:
     host_id: str | None = None
     snapshot: bytes | None = None
     snapshot_sequence: int = 0
+    last_seen: dict[str, int] = attrs.Factory(dict)
     journal: deque[tuple[int, str, bytes]] = attrs.Factory(deque)
     "``(serverSequence, eventId, JSON)``: stored serialized, as a database would."
     event_ids: set[str] = attrs.Factory(set)
@@ -49,6 +58,8 @@ class MemoryStore:
         "Batches committed so far."
         self.writes = 0
         "Writes committed so far."
+        self.connection_events: list[LogConnection] = []
+        "Connection lifecycle records, as ``connection_events`` would hold them."
 
     # Fault injection -----------------------------------------------------
 
@@ -85,7 +96,8 @@ class MemoryStore:
             return None
         return RoomRecord(code=code, status=row.status, last_activity=row.last_activity,
                           epochs=row.epochs, snapshot=row.snapshot,
-                          journal=[_decode(entry) for entry in row.journal])
+                          journal=[_decode(entry) for entry in row.journal],
+                          last_seen=dict(row.last_seen))
 
     async def commit(self, writes: Sequence[Write]) -> None:
         await self._gate()
@@ -117,6 +129,8 @@ class MemoryStore:
                     next_sequence.pop(write.code, None)
                 statuses[write.code] = write.status
                 continue
+            if isinstance(write, LogConnection):
+                continue  # best-effort analytics: no room row needed
             if row is None and write.code not in exists:
                 raise StoreError(f"room {write.code} has no row")
             if isinstance(write, AppendEvent):
@@ -139,6 +153,9 @@ class MemoryStore:
         for write in writes:
             if id(write) in done:
                 continue
+            if isinstance(write, LogConnection):
+                self.connection_events.append(write)
+                continue
             row = self._rooms.get(write.code)
             if isinstance(write, PutRoom):
                 if row is None or (write.created and row.status == "abandoned"):
@@ -156,6 +173,9 @@ class MemoryStore:
                 row.journal.append((event.sequence, event.event_id,
                                     orjson.dumps(event.to_json())))
                 row.event_ids.add(write.event.event_id)
+            elif isinstance(write, PutPresence):
+                assert row is not None
+                row.last_seen[write.member_id] = write.at
             else:
                 assert row is not None
                 row.snapshot = write.snapshot
@@ -187,6 +207,11 @@ class MemoryStore:
 
     async def ping(self) -> None:
         await self._gate()
+        if self._fail_before:
+            raise StoreError("injected failure")
+
+    async def open(self) -> None:
+        return None
 
     async def aclose(self) -> None:
         return None

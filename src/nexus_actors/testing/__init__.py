@@ -4,11 +4,10 @@ Used by this project's tests and by the simulation; stable for users who
 want to test their own clients or bots against a real server in-process.
 """
 
-from .client import ClientError as ClientError
-from .client import TestClient as TestClient
-from .client import query as query
-from .harness import TestServer as TestServer
-from .harness import open_server as open_server
-from .streams import MemoryListener as MemoryListener
-from .streams import MemoryStream as MemoryStream
-from .streams import stream_pair as stream_pair
+from .client import ClientError as ClientError, TestClient as TestClient, query as query
+from .harness import TestServer as TestServer, open_server as open_server
+from .streams import (
+    MemoryListener as MemoryListener,
+    MemoryStream as MemoryStream,
+    stream_pair as stream_pair,
+)

@@ -1,0 +1,1 @@
+src/nexus_actors/sql

@@ -1,0 +1,282 @@
+"""The PostgreSQL store: psycopg's sync API in worker threads, one transaction per batch.
+
+psycopg's async API needs asyncio and does not run under Trio, so every call
+goes through ``trio.to_thread.run_sync`` with a :class:`trio.CapacityLimiter`
+sized like the connection pool. The persistence actor commits one batch at a
+time: the batch's statements go out in pipeline mode (one round trip for the
+lot) inside one transaction, in the order the rooms wrote them, so the
+``rooms``, ``hosts`` and ``players`` tables move in step with the journal.
+
+A retried batch is harmless: journal rows conflict on ``(room_code,
+server_sequence)`` and are skipped, snapshots only move forward, and the
+projections are idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, LiteralString, TypeVar
+
+import orjson
+import psycopg
+import trio
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..errors import StoreError
+from ..room.events import Event
+from ..room.permissions import PRIMARY
+from .base import (
+    AppendEvent,
+    PutPresence,
+    PutRoom,
+    PutSnapshot,
+    RoomRecord,
+    RoomStatus,
+    Write,
+)
+
+log = logging.getLogger("nexus_actors.store")
+
+T = TypeVar("T")
+
+KEEPALIVES = {
+    "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "3",
+    "keepalives_count": "3", "tcp_user_timeout": "15000", "connect_timeout": "5",
+}
+"""Socket settings so a vanished database is noticed in seconds, not at the kernel's
+default of hours (a URL's own values win)."""
+
+_PRIMARY = orjson.dumps(PRIMARY.to_json()).decode()
+
+
+def conninfo(url: str, *, ssl: bool = False) -> str:
+    """The connection string to use: the URL plus keepalives (and ``sslmode=require``)."""
+    params = conninfo_to_dict(url)
+    extra = {key: value for key, value in KEEPALIVES.items() if key not in params}
+    if ssl and "sslmode" not in params:
+        extra["sslmode"] = "require"
+    return make_conninfo(url, **extra)
+
+
+def redact(url: str) -> str:
+    """The URL as it may be logged: no password."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparsable database URL>"
+    params.pop("password", None)
+    shown = ", ".join(f"{key}={value}" for key, value in sorted(params.items())
+                      if key in ("host", "port", "dbname", "user", "sslmode"))
+    return shown or "local defaults"
+
+
+class PostgresStore:
+    """:class:`~nexus_actors.store.Store` on PostgreSQL."""
+
+    def __init__(self, url: str, *, pool_max: int = 10, journal_retain: int = 1000,
+                 ssl: bool = False) -> None:
+        self.journal_retain = journal_retain
+        self._pool = ConnectionPool(
+            conninfo(url, ssl=ssl), min_size=1, max_size=pool_max, open=False, timeout=5.0,
+            check=ConnectionPool.check_connection, name="nexus-actors",
+        )
+        self._limiter = trio.CapacityLimiter(pool_max)
+
+    async def open(self) -> None:
+        await trio.to_thread.run_sync(self._pool.open)
+
+    async def aclose(self) -> None:
+        await trio.to_thread.run_sync(self._pool.close)
+
+    async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        def call() -> T:
+            try:
+                with self._pool.connection() as conn:
+                    return fn(conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                raise StoreError(f"database unavailable: {_one_line(exc)}") from exc
+            except PoolTimeout as exc:
+                raise StoreError("database unavailable: no connection") from exc
+            except psycopg.Error as exc:
+                raise StoreError(f"database error: {_one_line(exc)}") from exc
+
+        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+    # Store protocol ------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def load_room(self, code: str) -> RoomRecord | None:
+        return await self._run(lambda conn: _load_room(conn, code))
+
+    async def commit(self, writes: Sequence[Write]) -> None:
+        retain = self.journal_retain
+        await self._run(lambda conn: _commit(conn, writes, retain))
+
+    async def abandon_idle(self, before: int) -> list[str]:
+        def run(conn: psycopg.Connection[Any]) -> list[str]:
+            with conn.transaction():
+                rows = conn.execute(
+                    "UPDATE rooms SET status = 'abandoned'"
+                    " WHERE status = 'hibernating' AND last_activity < to_timestamp(%s / 1000.0)"
+                    " RETURNING code", (before,)).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._run(run)
+
+    async def delete_abandoned(self, before: int) -> int:
+        def run(conn: psycopg.Connection[Any]) -> int:
+            with conn.transaction():
+                cursor = conn.execute(
+                    "DELETE FROM rooms WHERE status = 'abandoned'"
+                    " AND last_activity < to_timestamp(%s / 1000.0)", (before,))
+            return cursor.rowcount
+
+        return await self._run(run)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+# Reads ----------------------------------------------------------------------
+
+
+def _load_room(conn: psycopg.Connection[Any], code: str) -> RoomRecord | None:
+    row = conn.execute(
+        "SELECT status, (extract(epoch FROM last_activity) * 1000)::bigint, epochs::text"
+        " FROM rooms WHERE code = %s", (code,)).fetchone()
+    if row is None:
+        return None
+    status: RoomStatus = row[0]
+    epochs = tuple((int(e), int(s)) for e, s in orjson.loads(row[2]))
+    if status == "abandoned":
+        return RoomRecord(code=code, status=status, last_activity=row[1], epochs=epochs,
+                          snapshot=None, journal=[])
+    snapshot_row = conn.execute(
+        "SELECT state_data::text FROM game_states WHERE room_code = %s", (code,)).fetchone()
+    events = [
+        Event(sequence=r[0], name=r[1], data=orjson.loads(r[2]), event_id=r[3], actor_id=r[4],
+              timestamp=r[5], secret=orjson.loads(r[6]) if r[6] is not None else None)
+        for r in conn.execute(
+            "SELECT server_sequence, name, payload::text, event_id, actor_id,"
+            " (extract(epoch FROM created_at) * 1000)::bigint, secret::text"
+            " FROM room_events WHERE room_code = %s ORDER BY server_sequence", (code,))
+    ]
+    last_seen = {
+        r[0]: r[1] for r in conn.execute(
+            "SELECT id, (extract(epoch FROM last_seen) * 1000)::bigint FROM players"
+            " WHERE room_code = %s", (code,))
+    }
+    return RoomRecord(
+        code=code, status=status, last_activity=row[1],
+        epochs=epochs,
+        snapshot=snapshot_row[0].encode() if snapshot_row is not None else None,
+        journal=events, last_seen=last_seen)
+
+
+# Writes ---------------------------------------------------------------------
+
+_ROOM_UPSERT: LiteralString = (
+    "INSERT INTO rooms (code, status, primary_host_id, epochs, last_activity)"
+    " VALUES (%s, %s, %s, %s::jsonb, to_timestamp(%s / 1000.0))"
+    " ON CONFLICT (code) DO UPDATE SET status = EXCLUDED.status,"
+    " primary_host_id = EXCLUDED.primary_host_id, epochs = EXCLUDED.epochs,"
+    " last_activity = EXCLUDED.last_activity")
+_EVENT_INSERT: LiteralString = (
+    "INSERT INTO room_events"
+    " (room_code, server_sequence, event_id, actor_id, name, payload, secret, created_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, to_timestamp(%s / 1000.0))"
+    " ON CONFLICT (room_code, server_sequence) DO NOTHING")
+_SNAPSHOT_UPSERT: LiteralString = (
+    "INSERT INTO game_states (room_code, state_data, server_sequence)"
+    " VALUES (%s, %s::jsonb, %s)"
+    " ON CONFLICT (room_code) DO UPDATE SET state_data = EXCLUDED.state_data,"
+    " server_sequence = EXCLUDED.server_sequence, version = game_states.version + 1,"
+    " updated_at = now() WHERE game_states.server_sequence <= EXCLUDED.server_sequence")
+_TRIM: LiteralString = (
+    "DELETE FROM room_events WHERE room_code = %s AND server_sequence <= %s")
+_PRESENCE: LiteralString = (
+    "UPDATE players SET connected = %s, last_seen = to_timestamp(%s / 1000.0)"
+    " WHERE room_code = %s AND id = %s")
+_CONNECTION_EVENT: LiteralString = (
+    "INSERT INTO connection_events (room_code, user_id, event_type, timestamp, metadata)"
+    " SELECT %s, %s, %s, to_timestamp(%s / 1000.0), %s::jsonb"
+    " WHERE EXISTS (SELECT 1 FROM rooms WHERE code = %s)")
+_ADD_PLAYER: LiteralString = (
+    "INSERT INTO players (room_code, id, name, token_hash, connected, joined_at, last_seen)"
+    " VALUES (%s, %s, %s, %s, true, to_timestamp(%s / 1000.0), to_timestamp(%s / 1000.0))"
+    " ON CONFLICT (room_code, id) DO NOTHING")
+_REMOVE_PLAYER: LiteralString = "DELETE FROM players WHERE room_code = %s AND id = %s"
+_REMOVE_HOST: LiteralString = "DELETE FROM hosts WHERE room_code = %s AND user_id = %s"
+_SET_HOST: LiteralString = (
+    "INSERT INTO hosts (room_code, user_id, permissions, is_primary)"
+    " VALUES (%s, %s, %s::jsonb, %s)"
+    " ON CONFLICT (room_code, user_id) DO UPDATE SET permissions = EXCLUDED.permissions,"
+    " is_primary = EXCLUDED.is_primary")
+_DROP_PRIMARY: LiteralString = (
+    "DELETE FROM hosts WHERE room_code = %s AND is_primary AND user_id <> %s")
+_SET_PRIMARY: LiteralString = "UPDATE rooms SET primary_host_id = %s WHERE code = %s"
+_DELETE_ABANDONED: LiteralString = "DELETE FROM rooms WHERE code = %s AND status = 'abandoned'"
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _commit(conn: psycopg.Connection[Any], writes: Sequence[Write], retain: int) -> None:
+    with conn.transaction(), conn.pipeline():
+        cursor = conn.cursor()
+        for write in writes:
+            if isinstance(write, AppendEvent):
+                event = write.event
+                cursor.execute(_EVENT_INSERT, (
+                    write.code, event.sequence, event.event_id, event.actor_id, event.name,
+                    _json(event.data), _json(event.secret), event.timestamp))
+                _project(cursor, write.code, event)
+            elif isinstance(write, PutRoom):
+                if write.created:
+                    cursor.execute(_DELETE_ABANDONED, (write.code,))
+                cursor.execute(_ROOM_UPSERT, (
+                    write.code, write.status, write.host_id,
+                    _json([list(epoch) for epoch in write.epochs]), write.last_activity))
+            elif isinstance(write, PutSnapshot):
+                cursor.execute(_SNAPSHOT_UPSERT, (
+                    write.code, write.snapshot.decode(), write.sequence))
+                cursor.execute(_TRIM, (write.code, write.sequence - retain))
+            elif isinstance(write, PutPresence):
+                cursor.execute(_PRESENCE, (write.connected, write.at, write.code,
+                                           write.member_id))
+            else:
+                cursor.execute(_CONNECTION_EVENT, (
+                    write.code, write.user_id, write.kind, write.at, _json(write.metadata),
+                    write.code))
+
+
+def _project(cursor: psycopg.Cursor[Any], code: str, event: Event) -> None:
+    """Keep ``players``, ``hosts`` and ``rooms.primary_host_id`` in step with an event."""
+    data = event.data
+    name = event.name
+    if name == "session/join":
+        player = data["player"]
+        token_hash = (event.secret or {}).get("tokenHash", "")
+        cursor.execute(_ADD_PLAYER, (code, player["id"], player["name"], token_hash,
+                                     event.timestamp, event.timestamp))
+        if player.get("role") == "host":
+            cursor.execute(_SET_HOST, (code, player["id"], _PRIMARY, True))
+            cursor.execute(_SET_PRIMARY, (player["id"], code))
+    elif name in ("session/leave", "session/kicked"):
+        member_id = data["uuid"] if name == "session/leave" else data["playerId"]
+        cursor.execute(_REMOVE_PLAYER, (code, member_id))
+        cursor.execute(_REMOVE_HOST, (code, member_id))
+    elif name == "session/host-migrated":
+        cursor.execute(_SET_HOST, (code, data["newHostId"], _PRIMARY, True))
+        cursor.execute(_DROP_PRIMARY, (code, data["newHostId"]))
+        cursor.execute(_SET_PRIMARY, (data["newHostId"], code))
+    elif name == "session/co-host-added":
+        cursor.execute(_SET_HOST, (code, data["coHostId"], _json(data["permissions"]), False))
+    elif name == "session/co-host-removed":
+        cursor.execute(_REMOVE_HOST, (code, data["coHostId"]))
