@@ -222,6 +222,15 @@ class MemoryStore:
         row = self._rooms.get(code)
         return [_decode(entry) for entry in row.journal] if row else []
 
+    def snapshot_sequence(self, code: str) -> int | None:
+        """The ``serverSequence`` of the room's snapshot (``None``: no snapshot)."""
+        row = self._rooms.get(code)
+        return row.snapshot_sequence if row is not None and row.snapshot is not None else None
+
+    def last_seen(self, code: str) -> dict[str, int]:
+        row = self._rooms.get(code)
+        return dict(row.last_seen) if row else {}
+
     def status(self, code: str) -> RoomStatus | None:
         row = self._rooms.get(code)
         return row.status if row else None
