@@ -45,7 +45,7 @@ class Flush:
 PersistMsg = Intent | Flush
 
 RETRY_FIRST = 0.05
-RETRY_MAX = 5.0
+RETRY_MAX = 2.0
 PING_INTERVAL = 5.0
 "Seconds without a commit after which the store is pinged, so /ready notices an outage."
 

@@ -15,7 +15,8 @@ projections are idempotent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, LiteralString, TypeVar
 
 import orjson
@@ -24,7 +25,7 @@ import trio
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from ..room.events import Event
 from ..room.permissions import PRIMARY
 from .base import (
@@ -53,7 +54,11 @@ _PRIMARY = orjson.dumps(PRIMARY.to_json()).decode()
 
 def conninfo(url: str, *, ssl: bool = False) -> str:
     """The connection string to use: the URL plus keepalives (and ``sslmode=require``)."""
-    params = conninfo_to_dict(url)
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        # Not psycopg's message: it quotes the whole URL, password included.
+        raise ConfigError("DATABASE_URL is not a valid PostgreSQL connection string") from None
     extra = {key: value for key, value in KEEPALIVES.items() if key not in params}
     if ssl and "sslmode" not in params:
         extra["sslmode"] = "require"
@@ -78,43 +83,69 @@ class PostgresStore:
     def __init__(self, url: str, *, pool_max: int = 10, journal_retain: int = 1000,
                  ssl: bool = False) -> None:
         self.journal_retain = journal_retain
+        self._conninfo = conninfo(url, ssl=ssl)
         self._pool = ConnectionPool(
-            conninfo(url, ssl=ssl), min_size=1, max_size=pool_max, open=False, timeout=5.0,
+            self._conninfo, min_size=1, max_size=pool_max, open=False, timeout=5.0,
             check=ConnectionPool.check_connection, name="nexus-actors",
         )
         self._limiter = trio.CapacityLimiter(pool_max)
+        # Commits (one batch at a time, from the persistence actor) use a connection of
+        # their own: a failure shows at once and the next retry reconnects at once,
+        # where the pool would wait out its timeout and back off its own reconnects.
+        self._writer: psycopg.Connection[Any] | None = None
+        self._writer_limiter = trio.CapacityLimiter(1)
 
     async def open(self) -> None:
         await trio.to_thread.run_sync(self._pool.open)
 
     async def aclose(self) -> None:
-        await trio.to_thread.run_sync(self._pool.close)
+        def close() -> None:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            self._pool.close()
+
+        await trio.to_thread.run_sync(close)
 
     async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """``fn`` with a pooled connection, in a worker thread."""
         def call() -> T:
-            try:
-                with self._pool.connection() as conn:
-                    return fn(conn)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                raise StoreError(f"database unavailable: {_one_line(exc)}") from exc
-            except PoolTimeout as exc:
-                raise StoreError("database unavailable: no connection") from exc
-            except psycopg.Error as exc:
-                raise StoreError(f"database error: {_one_line(exc)}") from exc
+            with _errors():
+                try:
+                    with self._pool.connection() as conn:
+                        return fn(conn)
+                except PoolTimeout as exc:
+                    raise StoreError("database unavailable: no connection") from exc
 
         return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+    async def _write(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """``fn`` with the writer connection (reconnected after any failure)."""
+        def call() -> T:
+            with _errors():
+                conn = self._writer
+                if conn is None or conn.closed or conn.broken:
+                    conn = self._writer = psycopg.connect(self._conninfo)
+                try:
+                    return fn(conn)
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    conn.close()
+                    self._writer = None
+                    raise
+
+        return await trio.to_thread.run_sync(call, limiter=self._writer_limiter)
 
     # Store protocol ------------------------------------------------------
 
     async def ping(self) -> None:
-        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+        await self._write(lambda conn: conn.execute("SELECT 1").fetchone())
 
     async def load_room(self, code: str) -> RoomRecord | None:
         return await self._run(lambda conn: _load_room(conn, code))
 
     async def commit(self, writes: Sequence[Write]) -> None:
         retain = self.journal_retain
-        await self._run(lambda conn: _commit(conn, writes, retain))
+        await self._write(lambda conn: _commit(conn, writes, retain))
 
     async def abandon_idle(self, before: int) -> list[str]:
         def run(conn: psycopg.Connection[Any]) -> list[str]:
@@ -140,6 +171,17 @@ class PostgresStore:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """psycopg's errors as :class:`StoreError` (an outage, or an error in the database)."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise StoreError(f"database unavailable: {_one_line(exc)}") from exc
+    except psycopg.Error as exc:
+        raise StoreError(f"database error: {_one_line(exc)}") from exc
 
 
 # Reads ----------------------------------------------------------------------
@@ -190,7 +232,9 @@ _EVENT_INSERT: LiteralString = (
     "INSERT INTO room_events"
     " (room_code, server_sequence, event_id, actor_id, name, payload, secret, created_at)"
     " VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, to_timestamp(%s / 1000.0))"
-    " ON CONFLICT (room_code, server_sequence) DO NOTHING")
+    " ON CONFLICT (room_code, server_sequence) DO UPDATE SET event_id ="
+    " CASE WHEN room_events.event_id = EXCLUDED.event_id THEN room_events.event_id"
+    " ELSE journal_conflict(room_events.room_code, room_events.server_sequence) END")
 _SNAPSHOT_UPSERT: LiteralString = (
     "INSERT INTO game_states (room_code, state_data, server_sequence)"
     " VALUES (%s, %s::jsonb, %s)"
