@@ -86,6 +86,10 @@ class Refusal(NexusError):
 
 
 class StoreError(NexusError):
-    """The store could not do what was asked; the caller may retry."""
+    """The store could not do what was asked (it is unreachable); the caller may retry."""
 
     default_code = Code.UNAVAILABLE
+
+
+class StoreRejected(StoreError):
+    """The store refused the writes themselves (a conflict, bad data): retrying cannot help."""

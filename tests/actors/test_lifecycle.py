@@ -476,3 +476,38 @@ async def test_abandoned_rooms_are_deleted_after_the_retention(
         await trio.sleep(600)
         assert server.store.status(host.room) is None
         assert server.store.journal(host.room) == []
+
+
+async def test_writes_the_store_refuses_restart_only_their_room_in_a_new_epoch(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        host, ana = await room_with_co_host(server)
+        other = await server.create("Other GM")
+        await acked(host, "s1")
+        await server.running.flush()
+        durable = host.last_sequence()
+        # As a database refuses a write it cannot take: the batch, then the room's share.
+        server.store.refuse(host.room, times=2)
+        await host.send_event("scene/create", scene("s2"), event_id="s2")
+        await other.send_event("scene/create", scene("same-batch"), event_id="same-batch")
+        while (await ana.until("event", "scene/create"))["eventId"] != "s2":
+            pass  # s2 reaches the others before the store refuses it
+        # The other room's write shared the refused batch, and is committed all the same.
+        assert (await other.until("event-ack", eventId="same-batch"))["data"]["duplicate"] is False
+        for client in (host, ana):
+            hint = await client.until("backoff")
+            assert hint["data"]["reason"] == "room-restart"
+            assert await client.wait_closed() == 1012
+        assert not any(f["type"] == "event-ack" and f["data"]["eventId"] == "s2"
+                       for f in host.frames)
+        # Every other room keeps committing.
+        ack = await acked(other, "elsewhere")
+        assert ack["data"]["serverSequence"] == 3
+        assert journal_ids(server, other.room)[-2:] == ["same-batch", "elsewhere"]
+        again = await server.resume(ana, last_seen=ana.last_sequence(), epoch=1)
+        # Ana saw s2, which is gone: her history no longer matches the room's.
+        assert (await again.next("event-cursor"))["data"]["mode"] == "baseline"
+        assert again.session["epoch"] == 2
+        assert again.session["sequence"] == durable
+        assert set(again.session["state"]["scenes"]) == {"s1"}
+        assert "s2" not in journal_ids(server, host.room)

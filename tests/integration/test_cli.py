@@ -94,11 +94,13 @@ async def served(log: Path, **settings: str) -> AsyncIterator[tuple[trio.Process
                 await process.wait()
 
 
-async def test_serve_runs_rooms_then_drains_on_sigterm_and_exits_0(tmp_path: Path) -> None:
+async def test_serve_runs_rooms_then_drains_on_sigterm_and_exits_0(
+        tmp_path: Path, database_url: str) -> None:
     log = tmp_path / "stderr.log"
     with trio.fail_after(START_TIMEOUT + DRAIN_TIMEOUT + EXIT_MARGIN + 10):
         async with trio.open_nursery() as nursery, served(
-                log, NEXUS_DRAIN_TIMEOUT=str(DRAIN_TIMEOUT)) as (process, port):
+                log, NEXUS_DRAIN_TIMEOUT=str(DRAIN_TIMEOUT),
+                DATABASE_URL=database_url) as (process, port):
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             host = await TestClient.open(stream, query(host="", name="GM"), nursery)
             assert (await host.next("event"))["data"]["name"] == "session/created"

@@ -45,7 +45,7 @@ from nexus_actors.actors import persistence
 from nexus_actors.actors.room import hash_token
 from nexus_actors.actors.supervisor import Server, serve
 from nexus_actors.config import Config
-from nexus_actors.errors import ConfigError, StoreError
+from nexus_actors.errors import ConfigError, StoreError, StoreRejected
 from nexus_actors.room.events import Event
 from nexus_actors.room.permissions import CO_HOST, PRIMARY
 from nexus_actors.store.base import (
@@ -262,7 +262,8 @@ async def test_two_processes_migrating_a_fresh_database_at_once_apply_it_once(
                             await process.wait()
             said = sorted(o.read_text().strip().rsplit(": ", 1)[-1] for o in outputs)
             assert codes == [0, 0], said
-            assert said == ["001", "none (up to date)"]
+            assert said == [", ".join(f"{m.version:03d}" for m in migrations()),
+                            "none (up to date)"]
             recorded = await rows(url, "SELECT version FROM schema_migrations ORDER BY version")
             assert recorded == [(m.version,) for m in migrations()]
             assert await trio.to_thread.run_sync(migrate, url) == []
@@ -347,7 +348,7 @@ async def test_a_different_event_at_a_taken_sequence_is_refused_not_dropped(
         database_url: str) -> None:
     async with opened(database_url) as store:
         await store.commit([*new_room(), chat(2, "first")])
-        with pytest.raises(StoreError, match="different event at sequence 2"):
+        with pytest.raises(StoreRejected, match="different event at sequence 2"):
             await store.commit([append(2, "chat/message", {"message": {"text": "other"}},
                                        event_id="other")])
         record = await store.load_room(CODE)

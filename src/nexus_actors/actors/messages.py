@@ -82,6 +82,11 @@ class Committed:
 
 
 @attrs.frozen
+class WritesRejected:
+    """The store refused some of this room's writes: they are lost, the room must restart."""
+
+
+@attrs.frozen
 class Stop:
     """The registry agreed that an idle room may stop."""
 
@@ -96,7 +101,8 @@ class Crash:
     """Fault injection: make the room actor raise (tests and the simulation)."""
 
 
-RoomMsg = Attach | Inbound | CursorsPending | Detach | Committed | Stop | Drain | Crash
+RoomMsg = (Attach | Inbound | CursorsPending | Detach | Committed | WritesRejected | Stop
+           | Drain | Crash)
 
 # Registry mailbox ----------------------------------------------------------
 

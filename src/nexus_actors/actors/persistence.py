@@ -5,23 +5,30 @@ room's signal to refuse durable events with ``overloaded``). It collects
 intents for up to ``persist_flush_interval`` or ``persist_batch`` of them,
 commits them in one store transaction, and tells each room how far its
 intents are durable with a :class:`~nexus_actors.actors.messages.Committed`
-notice. Failed commits are retried with backoff, in order, forever: a
-confirmation may wait, but nothing queued is dropped or reordered.
+notice. A commit that fails because the store is unreachable is retried
+with backoff, in order, until it succeeds: a confirmation may wait, but
+nothing queued is dropped or reordered. A commit the store *refuses* (the
+writes themselves are wrong: retrying cannot help) is split by room; the
+writes of a room the store still refuses are dropped, that room is told
+(:class:`~nexus_actors.actors.messages.WritesRejected`) and restarts from the
+store, and every later intent of that room incarnation is dropped too. The
+other rooms never notice.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 
 import attrs
 import trio
 
 from ..config import Config
-from ..errors import StoreError
+from ..errors import StoreError, StoreRejected
 from ..store.base import Store, Write
 from .health import Health
-from .messages import Committed, RoomMsg
+from .messages import Committed, RoomMsg, WritesRejected
 
 log = logging.getLogger("nexus_actors.persistence")
 
@@ -33,6 +40,8 @@ class Intent:
     "The room's mailbox, told when this intent is durable."
     mark: int = 0
     "The room's running intent number, reported back in ``Committed``."
+    owner: object | None = None
+    "The room incarnation that wrote it; ``None`` for best-effort records."
 
 
 @attrs.frozen(kw_only=True)
@@ -68,10 +77,14 @@ def _recovered(health: Health) -> None:
 
 
 async def _commit_with_retry(store: Store, writes: Sequence[Write], health: Health) -> None:
+    """Commit, retrying while the store is unreachable; :class:`StoreRejected` goes up."""
     delay = RETRY_FIRST
     while True:
         try:
             await store.commit(writes)
+        except StoreRejected:
+            _recovered(health)  # it answered
+            raise
         except StoreError as exc:
             _failed(health, exc)
             await trio.sleep(delay)
@@ -79,6 +92,34 @@ async def _commit_with_retry(store: Store, writes: Sequence[Write], health: Heal
             continue
         _recovered(health)
         return
+
+
+async def _commit(store: Store, intents: list[Intent], health: Health) -> set[object]:
+    """Commit ``intents``; the owners whose writes the store refused (their writes lost)."""
+    try:
+        await _commit_with_retry(store, [i.write for i in intents], health)
+        return set()
+    except StoreRejected as exc:
+        log.error("the store refused a batch of %d writes (%s); committing it room by room",
+                  len(intents), exc.message)
+    groups: dict[int, list[Intent]] = {}
+    owners: dict[int, object | None] = {}
+    for intent in intents:
+        key = id(intent.owner)
+        groups.setdefault(key, []).append(intent)
+        owners[key] = intent.owner
+    refused: set[object] = set()
+    for key, group in groups.items():
+        try:
+            await _commit_with_retry(store, [i.write for i in group], health)
+        except StoreRejected as exc:
+            owner = owners[key]
+            code = group[0].write.code
+            log.error("the store refused room %s's writes (%s); the room restarts",
+                      code, exc.message)
+            if owner is not None:
+                refused.add(owner)
+    return refused
 
 
 async def _ping(store: Store, health: Health) -> None:
@@ -100,6 +141,9 @@ async def run_persistence(
 ) -> None:
     """Run until ``inbox`` is closed and drained."""
     unsent: dict[trio.MemorySendChannel[RoomMsg], int] = {}
+    refused: weakref.WeakSet[object] = weakref.WeakSet()
+    "Room incarnations whose writes the store refused: their later intents are dropped."
+    tell: dict[trio.MemorySendChannel[RoomMsg], RoomMsg] = {}
     task_status.started()
     with inbox:
         while True:
@@ -120,15 +164,22 @@ async def run_persistence(
             if not batch:
                 continue
             await _fill(inbox, batch, config)
-            writes = [m.write for m in batch if isinstance(m, Intent)]
-            if writes:
-                await _commit_with_retry(store, writes, health)
+            intents = [m for m in batch if isinstance(m, Intent)
+                       and (m.owner is None or m.owner not in refused)]
+            if intents:
+                for owner in await _commit(store, intents, health):
+                    refused.add(owner)
             for m in batch:
-                if isinstance(m, Intent):
-                    if m.notify is not None:
-                        unsent[m.notify] = max(m.mark, unsent.get(m.notify, 0))
-                else:
+                if not isinstance(m, Intent):
                     m.done.set()
+                elif m.notify is None:
+                    continue
+                elif m.owner is not None and m.owner in refused:
+                    tell[m.notify] = WritesRejected()
+                    unsent.pop(m.notify, None)
+                else:
+                    unsent[m.notify] = max(m.mark, unsent.get(m.notify, 0))
+            _deliver(tell)
             _notify(unsent)
 
 
@@ -151,6 +202,17 @@ async def _fill(inbox: trio.MemoryReceiveChannel[PersistMsg], batch: list[Persis
                 batch.append(await inbox.receive())
             except trio.EndOfChannel:
                 return
+
+
+def _deliver(tell: dict[trio.MemorySendChannel[RoomMsg], RoomMsg]) -> None:
+    for room, message in list(tell.items()):
+        try:
+            room.send_nowait(message)
+        except trio.WouldBlock:
+            continue
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        del tell[room]
 
 
 def _notify(unsent: dict[trio.MemorySendChannel[RoomMsg], int]) -> None:

@@ -57,6 +57,7 @@ from .messages import (
     RoomIdle,
     RoomMsg,
     Stop,
+    WritesRejected,
 )
 from .peer import Peer
 from .persistence import Intent
@@ -90,6 +91,10 @@ so the garbage collector stops tracking it (the journal is long-lived and large)
 def _seen(event: Event) -> Seen:
     return (event.sequence, event.event_id, event.actor_id, event.data.get("updateId"),
             event.data.get("version"))
+
+
+class LostWrites(Exception):
+    """Writes the room applied and broadcast were refused by the store."""
 
 
 @attrs.define
@@ -260,6 +265,8 @@ class Room:
             self.on_drain()
         elif isinstance(message, Stop):
             self.done = True
+        elif isinstance(message, WritesRejected):
+            raise LostWrites(f"the store refused writes of room {self.code}")
         elif isinstance(message, Crash):
             raise RuntimeError(f"injected crash in room {self.code}")
 
@@ -685,7 +692,7 @@ class Room:
 
     def _write(self, write: Write) -> int:
         self.mark += 1
-        self.backlog.append(Intent(write=write, notify=self.notify, mark=self.mark))
+        self.backlog.append(Intent(write=write, notify=self.notify, mark=self.mark, owner=self))
         self._flush_backlog()
         return self.mark
 

@@ -3,7 +3,9 @@
 An exception in a room actor is logged; the room's clients are sent away with a
 jittered ``room-restart`` backoff hint (close 1012) so they resume; everything
 the room queued for the store is flushed (so nothing it broadcast is lost); and
-the room restarts from the store with the same mailbox. More than
+the room restarts from the store with the same mailbox. When the store refused
+some of the room's writes, the events they carried are lost: the restarted room
+begins a new epoch so clients that saw them start over from a baseline. More than
 :data:`MAX_CRASHES` crashes within :data:`CRASH_WINDOW` seconds stop the room;
 the next connection starts it afresh. Other rooms never notice.
 """
@@ -20,7 +22,7 @@ from ..protocol import outbound
 from . import peer as close
 from .messages import RoomExited, RoomMsg
 from .persistence import Flush
-from .room import Room, Shell
+from .room import LostWrites, Room, Shell
 from .services import Services
 
 log = logging.getLogger("nexus_actors.room")
@@ -42,9 +44,13 @@ async def run_room(services: Services, code: str, generation: int,
             flushed = False
             while True:
                 room = Room(services, code, generation, shell, notify, flushed=flushed)
+                lost = False
                 try:
                     await room.run(inbox)
                     return
+                except LostWrites as exc:
+                    log.error("room %s: %s; restarting it from the store", code, exc)
+                    lost = True
                 except Exception:
                     log.exception("room %s crashed; restarting it from the store", code)
                 now = trio.current_time()
@@ -65,7 +71,9 @@ async def run_room(services: Services, code: str, generation: int,
                 done = trio.Event()
                 await services.persist.send(Flush(done=done))
                 await done.wait()
-                flushed = True
+                # Everything it broadcast is durable now, unless the store refused some of
+                # it: then clients may have seen events that are gone (a new epoch).
+                flushed = not lost
     finally:
         try:
             services.registry.send_nowait(RoomExited(code=code, generation=generation))

@@ -73,15 +73,6 @@ CREATE INDEX idx_connection_events_room ON connection_events (room_code);
 CREATE INDEX idx_connection_events_timestamp ON connection_events (timestamp);
 CREATE INDEX idx_game_states_updated_at ON game_states (updated_at);
 
--- A journal row may be written twice only as the same event (a retried batch):
--- a different event at a taken sequence is an error, never silently dropped.
-CREATE FUNCTION journal_conflict(room text, seq bigint) RETURNS text AS $$
-BEGIN
-    RAISE EXCEPTION 'room % already has a different event at sequence %', room, seq
-        USING ERRCODE = 'unique_violation';
-END;
-$$ LANGUAGE plpgsql;
-
 -- Activity: any journaled event or snapshot marks its room active now. One
 -- statement-level trigger per batch, not one update per row.
 CREATE FUNCTION update_room_activity() RETURNS trigger AS $$

@@ -16,7 +16,7 @@ import attrs
 import orjson
 import trio
 
-from ..errors import StoreError
+from ..errors import StoreError, StoreRejected
 from ..room.events import Event
 from .base import (
     AppendEvent,
@@ -54,6 +54,7 @@ class MemoryStore:
         self._resumed: trio.Event | None = None
         self._fail_before = 0
         self._fail_after = 0
+        self._refused: dict[str, int] = {}
         self.commits = 0
         "Batches committed so far."
         self.writes = 0
@@ -79,6 +80,11 @@ class MemoryStore:
             self._fail_after += count
         else:
             self._fail_before += count
+
+    def refuse(self, code: str, times: int = 1) -> None:
+        """Refuse the next ``times`` batches that write to room ``code`` (as a database
+        refuses writes it cannot take)."""
+        self._refused[code] = times
 
     async def _gate(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -113,6 +119,11 @@ class MemoryStore:
 
     def _apply(self, writes: Sequence[Write]) -> None:
         # Check the whole batch first so a bad one changes nothing (one transaction).
+        for code in {write.code for write in writes} & self._refused.keys():
+            self._refused[code] -= 1
+            if not self._refused[code]:
+                del self._refused[code]
+            raise StoreRejected(f"room {code}: refused (injected)")
         next_sequence: dict[str, int] = {}
         done: set[int] = set()
         new_ids: dict[str, set[str]] = {}
@@ -132,7 +143,7 @@ class MemoryStore:
             if isinstance(write, LogConnection):
                 continue  # best-effort analytics: no room row needed
             if row is None and write.code not in exists:
-                raise StoreError(f"room {write.code} has no row")
+                raise StoreRejected(f"room {write.code} has no row")
             if isinstance(write, AppendEvent):
                 if write.code not in next_sequence and _committed(row, write.event, write.code):
                     done.add(id(write))  # a retried batch: this part is already durable
@@ -141,13 +152,13 @@ class MemoryStore:
                 if expected is None and row is not None and row.journal:
                     expected = row.journal[-1][0] + 1
                 if expected is not None and write.event.sequence != expected:
-                    raise StoreError(f"room {write.code}: event {write.event.sequence} "
+                    raise StoreRejected(f"room {write.code}: event {write.event.sequence} "
                                      f"does not follow {expected - 1}")
                 next_sequence[write.code] = write.event.sequence + 1
                 ids = new_ids.setdefault(write.code, set())
                 if write.event.event_id in ids or (
                         row is not None and write.event.event_id in row.event_ids):
-                    raise StoreError(f"room {write.code}: duplicate eventId")
+                    raise StoreRejected(f"room {write.code}: duplicate eventId")
                 ids.add(write.event.event_id)
         touched: set[str] = set()
         for write in writes:
@@ -248,7 +259,7 @@ def _committed(row: _Row | None, event: Event, code: str) -> bool:
         return event.event_id not in row.event_ids  # committed, then trimmed
     existing_id = row.journal[event.sequence - first][1]
     if existing_id != event.event_id:
-        raise StoreError(f"room {code}: sequence {event.sequence} is taken by another event")
+        raise StoreRejected(f"room {code}: sequence {event.sequence} is taken by another event")
     return True
 
 

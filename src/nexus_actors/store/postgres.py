@@ -25,7 +25,7 @@ import trio
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, StoreError, StoreRejected
 from ..room.events import Event
 from ..room.permissions import PRIMARY
 from .base import (
@@ -87,6 +87,9 @@ class PostgresStore:
         self._pool = ConnectionPool(
             self._conninfo, min_size=1, max_size=pool_max, open=False, timeout=5.0,
             check=ConnectionPool.check_connection, name="nexus-actors",
+            # Its reconnect delay doubles without bound until this; a short one means a
+            # fresh attempt (starting at 1 s) soon after the database returns.
+            reconnect_timeout=5.0,
         )
         self._limiter = trio.CapacityLimiter(pool_max)
         # Commits (one batch at a time, from the persistence actor) use a connection of
@@ -173,11 +176,18 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
 
+_REFUSALS = (psycopg.IntegrityError, psycopg.DataError, psycopg.ProgrammingError,
+             psycopg.NotSupportedError)
+"Errors about the writes themselves: retrying the same batch would fail the same way."
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
-    """psycopg's errors as :class:`StoreError` (an outage, or an error in the database)."""
+    """psycopg's errors as :class:`StoreRejected` (the writes) or :class:`StoreError`."""
     try:
         yield
+    except _REFUSALS as exc:
+        raise StoreRejected(f"database refused the writes: {_one_line(exc)}") from exc
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         raise StoreError(f"database unavailable: {_one_line(exc)}") from exc
     except psycopg.Error as exc:
