@@ -206,6 +206,18 @@ def _fetch(url: str, sql: LiteralString, params: tuple[Any, ...]) -> list[tuple[
         return conn.execute(sql, params).fetchall()
 
 
+async def connected_becomes(url: str, code: str, expected: set[str]) -> None:
+    """Wait (bounded) until exactly ``expected`` seats of ``code`` are marked connected."""
+    with trio.fail_after(5):
+        while True:
+            rows = await trio.to_thread.run_sync(
+                _fetch, url, "SELECT id FROM players WHERE room_code = %s AND connected",
+                (code,))
+            if {str(r[0]) for r in rows} == expected:
+                return
+            await trio.sleep(0.05)  # polling the database: another process writes it
+
+
 async def journal(url: str, code: str) -> list[tuple[int, str, str]]:
     """``room_events`` of ``code``: ``(server_sequence, event_id, name)`` in sequence order."""
     rows = await trio.to_thread.run_sync(
@@ -523,6 +535,10 @@ async def test_kill_9_under_load_keeps_every_acked_event_and_applies_resent_ones
                                                         epoch=old.session["epoch"])
                     assert again.session["epoch"] == 2  # restored after an unclean stop
                     assert again.session["sequence"] == durable[code]
+                    if sender is senders[0]:
+                        # The killed process left every seat "connected" in players; the
+                        # restored room marks them away until they resume.
+                        await connected_becomes(database_url, code, {old.uuid})
                     if last_seen <= durable[code]:
                         assert cursor == {"mode": "resume", "sequence": last_seen,
                                           "replayThrough": durable[code]}

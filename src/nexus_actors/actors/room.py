@@ -190,6 +190,9 @@ class Room:
         self._put_room("active", now_ms)
         self.last_seen = {member_id: record.last_seen.get(member_id, now_ms)
                           for member_id in state.seats}
+        for member_id, seen in self.last_seen.items():  # nobody is connected yet
+            self._record(PutPresence(code=self.code, member_id=member_id, connected=False,
+                                     at=seen))
         self._expire_seats(now_ms)
         now = trio.current_time()
         if state.host_id is not None:
