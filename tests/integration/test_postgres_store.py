@@ -574,7 +574,8 @@ async def test_room_stats_counts_rooms_by_status_and_connected_players(
 async def test_journaling_an_event_marks_the_room_active_now(database_url: str) -> None:
     long_ago = now_ms() - 3_600_000
     async with opened(database_url) as store:
-        await store.commit([*new_room(), room(at=long_ago)])
+        await store.commit(new_room())
+        await store.commit([room(at=long_ago)])
         record = await store.load_room(CODE)
         assert record is not None
         assert abs(record.last_activity - long_ago) <= 1
@@ -582,6 +583,18 @@ async def test_journaling_an_event_marks_the_room_active_now(database_url: str) 
         record = await store.load_room(CODE)
     assert record is not None
     assert record.last_activity > long_ago + 1_800_000  # now(), by the database's clock
+
+
+async def test_activity_is_marked_at_most_every_ten_seconds(database_url: str) -> None:
+    # A busy room does not rewrite its row for every event (it would bloat the table).
+    recent = now_ms() - 5_000
+    async with opened(database_url) as store:
+        await store.commit(new_room())
+        await store.commit([room(at=recent)])
+        await store.commit([chat(2), chat(3)])
+        record = await store.load_room(CODE)
+    assert record is not None
+    assert abs(record.last_activity - recent) <= 1
 
 
 # Presence and the connection log ----------------------------------------------------------

@@ -2,9 +2,11 @@
 
 Rooms hand it :class:`Intent` objects with ``send_nowait`` (a full queue is the
 room's signal to refuse durable events with ``overloaded``). It collects
-intents for up to ``persist_flush_interval`` or ``persist_batch`` of them,
-commits them in one store transaction, and tells each room how far its
-intents are durable with a :class:`~nexus_actors.actors.messages.Committed`
+intents for up to ``persist_flush_interval`` or ``persist_batch`` of them (not
+waiting at all when intents queued while the previous batch committed: under
+load batches form on their own), commits them in one store transaction, and
+tells each room how far its intents are durable with a
+:class:`~nexus_actors.actors.messages.Committed`
 notice. A commit that fails because the store is unreachable is retried
 with backoff, in order, until it succeeds: a confirmation may wait, but
 nothing queued is dropped or reordered. A commit the store *refuses* (the
@@ -148,6 +150,9 @@ async def run_persistence(
     with inbox:
         while True:
             batch: list[PersistMsg] = []
+            # Intents that queued while the last batch committed go at once; a lone intent
+            # reaching an idle actor waits up to the flush interval for company.
+            waiting = inbox.statistics().current_buffer_used > 0
             try:
                 wait = (config.persist_flush_interval or 0.001) if unsent else PING_INTERVAL
                 with trio.move_on_after(wait):
@@ -163,7 +168,7 @@ async def run_persistence(
             _notify(unsent)
             if not batch:
                 continue
-            await _fill(inbox, batch, config)
+            await _fill(inbox, batch, config, linger=not waiting)
             intents = [m for m in batch if isinstance(m, Intent)
                        and (m.owner is None or m.owner not in refused)]
             if intents:
@@ -184,9 +189,10 @@ async def run_persistence(
 
 
 async def _fill(inbox: trio.MemoryReceiveChannel[PersistMsg], batch: list[PersistMsg],
-                config: Config) -> None:
-    """Add to ``batch`` until it is full or the flush interval has passed."""
-    deadline = trio.current_time() + config.persist_flush_interval
+                config: Config, *, linger: bool) -> None:
+    """Add what is queued to ``batch``; with ``linger``, wait up to the flush interval for
+    more (group commit: under load batches form while the previous one commits)."""
+    deadline = trio.current_time() + (config.persist_flush_interval if linger else 0.0)
     while len(batch) < config.persist_batch:
         try:
             batch.append(inbox.receive_nowait())

@@ -241,7 +241,9 @@ _ROOM_UPSERT: LiteralString = (
 _EVENT_INSERT: LiteralString = (
     "INSERT INTO room_events"
     " (room_code, server_sequence, event_id, actor_id, name, payload, secret, created_at)"
-    " VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, to_timestamp(%s / 1000.0))"
+    " SELECT r, s, e, a, n, p::jsonb, x::jsonb, to_timestamp(t / 1000.0)"
+    " FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::bigint[]) AS u(r, s, e, a, n, p, x, t)"
     " ON CONFLICT (room_code, server_sequence) DO UPDATE SET event_id ="
     " CASE WHEN room_events.event_id = EXCLUDED.event_id THEN room_events.event_id"
     " ELSE journal_conflict(room_events.room_code, room_events.server_sequence) END")
@@ -282,15 +284,19 @@ def _json(value: Any) -> str | None:
 
 
 def _commit(conn: psycopg.Connection[Any], writes: Sequence[Write], retain: int) -> None:
+    """One transaction: every write in order, but the batch's journal rows in ONE insert.
+
+    The journal rows go in last, together, after the rooms they belong to exist, and
+    the journal is trimmed after them; the projections and other writes keep their order.
+    """
+    events: list[AppendEvent] = []
+    trims: list[tuple[str, int]] = []
     with conn.transaction(), conn.pipeline():
         cursor = conn.cursor()
         for write in writes:
             if isinstance(write, AppendEvent):
-                event = write.event
-                cursor.execute(_EVENT_INSERT, (
-                    write.code, event.sequence, event.event_id, event.actor_id, event.name,
-                    _json(event.data), _json(event.secret), event.timestamp))
-                _project(cursor, write.code, event)
+                events.append(write)
+                _project(cursor, write.code, write.event)
             elif isinstance(write, PutRoom):
                 if write.created:
                     cursor.execute(_DELETE_ABANDONED, (write.code,))
@@ -300,7 +306,7 @@ def _commit(conn: psycopg.Connection[Any], writes: Sequence[Write], retain: int)
             elif isinstance(write, PutSnapshot):
                 cursor.execute(_SNAPSHOT_UPSERT, (
                     write.code, write.snapshot.decode(), write.sequence))
-                cursor.execute(_TRIM, (write.code, write.sequence - retain))
+                trims.append((write.code, write.sequence - retain))
             elif isinstance(write, PutPresence):
                 cursor.execute(_PRESENCE, (write.connected, write.at, write.code,
                                            write.member_id))
@@ -308,6 +314,14 @@ def _commit(conn: psycopg.Connection[Any], writes: Sequence[Write], retain: int)
                 cursor.execute(_CONNECTION_EVENT, (
                     write.code, write.user_id, write.kind, write.at, _json(write.metadata),
                     write.code))
+        if events:
+            cursor.execute(_EVENT_INSERT, (
+                [w.code for w in events], [w.event.sequence for w in events],
+                [w.event.event_id for w in events], [w.event.actor_id for w in events],
+                [w.event.name for w in events], [_json(w.event.data) for w in events],
+                [_json(w.event.secret) for w in events], [w.event.timestamp for w in events]))
+        for code, through in trims:
+            cursor.execute(_TRIM, (code, through))
 
 
 def _project(cursor: psycopg.Cursor[Any], code: str, event: Event) -> None:
