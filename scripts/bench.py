@@ -28,6 +28,8 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -519,6 +521,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--port", type=int, default=0, help="0: pick a free port")
+    parser.add_argument("--database-url", default=os.environ.get("NEXUS_BENCH_DATABASE_URL"),
+                        help="the server's DATABASE_URL: a PostgreSQL server (a fresh database "
+                             "is created on it and dropped afterwards), or 'memory' "
+                             "(default: $NEXUS_BENCH_DATABASE_URL, else an embedded PostgreSQL "
+                             "in a temporary directory)")
     parser.add_argument("--server-cpu", default="0", help="core to pin the server to")
     parser.add_argument("--client-cpu", default="1", help="core to pin the load generator to")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -529,7 +536,29 @@ def main() -> int:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-    env = dict(os.environ, PORT=str(port), NEXUS_HOST="127.0.0.1", LOG_LEVEL="warning")
+    with database(args.database_url) as url:
+        return run(args, port, url, node)
+
+
+@contextmanager
+def database(url: str | None) -> Iterator[str]:
+    """A DATABASE_URL for the server: 'memory', or a fresh database dropped afterwards."""
+    if url == "memory":
+        yield url
+        return
+    from nexus_actors.testing.postgres import Databases, admin_url
+
+    with admin_url() if url is None else nullcontext(url) as admin:
+        databases = Databases(admin)
+        try:
+            yield databases.fresh()
+        finally:
+            databases.close()
+
+
+def run(args: argparse.Namespace, port: int, database_url: str, node: str | None) -> int:
+    env = dict(os.environ, PORT=str(port), NEXUS_HOST="127.0.0.1", LOG_LEVEL="warning",
+               DATABASE_URL=database_url)
     command = [sys.executable, "-m", "nexus_actors", "serve"]
     if os.environ.get("BENCH_SERVER_PREFIX"):
         command = [*os.environ["BENCH_SERVER_PREFIX"].split(), *command]
