@@ -672,8 +672,11 @@ def summary(steps: list[dict[str, Any]]) -> dict[str, Any]:
                                              if group_target and single_kept_up else None),
         "ratio_group_kept_up_to_per_event_peak": (round(group_kept_up / single_peak, 1)
                                                   if group_kept_up and single_peak else None),
+        # The rate one transaction per event sustains is the one it keeps up with: beyond
+        # it, its acks are seconds late and its backlog grows without end.
         "target_met": bool(group_target is not None and group_target >= 0.97 * TARGET_RATE
-                           and ratio is not None and ratio >= TARGET_RATIO),
+                           and single_kept_up is not None
+                           and group_target >= TARGET_RATIO * single_kept_up),
     }
 
 
@@ -735,8 +738,8 @@ def print_table(result: dict[str, Any]) -> None:
           f"{times('ratio_group_to_per_event_kept_up')}; group kept up / per-event peak: "
           f"{times('ratio_group_kept_up_to_per_event_peak')})")
     print(f"target (>= {TARGET_RATE}/s, ack p99 <= {TARGET_ACK_P99_MS:g} ms, commit p99 <= "
-          f"{TARGET_COMMIT_P99_MS:g} ms, >= {TARGET_RATIO:g}x per-event): "
-          f"{'met' if s['target_met'] else 'NOT met'}")
+          f"{TARGET_COMMIT_P99_MS:g} ms, >= {TARGET_RATIO:g}x the rate per-event keeps up "
+          f"with): {'met' if s['target_met'] else 'NOT met'}")
     disturbed = [f"{step['variant']} {step['offered_per_s']}/s" for step in result["steps"]
                  if step["other_cpu_percent"] > OTHER_CPU_PERCENT]
     if disturbed:
