@@ -12,9 +12,7 @@ No subprocess outlives its test: each is killed in a ``finally`` if still runnin
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -26,6 +24,7 @@ import trio
 
 from nexus_actors.config import Config, settings_table
 from nexus_actors.testing import TestClient, query
+from nexus_actors.testing.processes import free_port, server_environment
 
 pytestmark = pytest.mark.realclock
 
@@ -39,21 +38,6 @@ RUN_TIMEOUT = 20.0
 "Seconds a short command (--help, settings, a refused start) may take."
 SCRIPT = Path(sys.executable).with_name("nexus-actors")
 "The console script installed next to this interpreter."
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def environment(**settings: str) -> dict[str, str]:
-    """This process's environment without any server setting, plus ``settings``."""
-    names = {meta.env for _, meta, _ in Config.settings()}
-    env = {k: v for k, v in os.environ.items() if k not in names}
-    env.update(settings)
-    return env
 
 
 async def health_status(port: int) -> int | None:
@@ -74,7 +58,7 @@ async def health_status(port: int) -> int | None:
 async def served(log: Path, **settings: str) -> AsyncIterator[tuple[trio.Process, int]]:
     """Run ``python -m nexus_actors serve`` until /health answers; kill it if still up after."""
     port = free_port()
-    env = environment(PORT=str(port), NEXUS_HOST="127.0.0.1", LOG_LEVEL="info", **settings)
+    env = server_environment(PORT=str(port), NEXUS_HOST="127.0.0.1", LOG_LEVEL="info", **settings)
     with log.open("wb") as stderr:
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "nexus_actors", "serve"], env=env,
@@ -122,7 +106,7 @@ async def test_bad_setting_exits_2_with_one_line_naming_it_and_never_listens() -
     with trio.fail_after(RUN_TIMEOUT):
         result = await trio.run_process(
             [sys.executable, "-m", "nexus_actors", "serve"],
-            env=environment(NEXUS_HEARTBEAT_INTERVAL="abc", PORT=str(free_port()),
+            env=server_environment(NEXUS_HEARTBEAT_INTERVAL="abc", PORT=str(free_port()),
                             NEXUS_HOST="127.0.0.1"),
             stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True, check=False)
     assert result.returncode == 2
@@ -137,7 +121,7 @@ async def test_serve_help_lists_every_setting_environment_variable() -> None:
     assert SCRIPT.exists(), f"console script not installed at {SCRIPT}"
     with trio.fail_after(RUN_TIMEOUT):
         result = await trio.run_process([str(SCRIPT), "serve", "--help"],
-                                        env=environment(COLUMNS="100"), capture_stdout=True)
+                                        env=server_environment(COLUMNS="100"), capture_stdout=True)
     text = result.stdout.decode()
     missing = [meta.env for _, meta, _ in Config.settings() if meta.env not in text]
     assert missing == []
@@ -147,7 +131,7 @@ async def test_serve_help_lists_every_setting_environment_variable() -> None:
 async def test_settings_command_prints_the_markdown_table() -> None:
     assert SCRIPT.exists(), f"console script not installed at {SCRIPT}"
     with trio.fail_after(RUN_TIMEOUT):
-        result = await trio.run_process([str(SCRIPT), "settings"], env=environment(),
+        result = await trio.run_process([str(SCRIPT), "settings"], env=server_environment(),
                                         capture_stdout=True)
     lines = result.stdout.decode().strip().splitlines()
     assert lines[:2] == ["| Environment | Flag | Default | Meaning |", "|---|---|---|---|"]

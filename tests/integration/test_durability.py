@@ -24,9 +24,7 @@ outlives its test: each is killed in a ``finally``.
 from __future__ import annotations
 
 import itertools
-import os
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -42,8 +40,8 @@ import trio
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from websockets.protocol import State
 
-from nexus_actors.config import Config
 from nexus_actors.testing import TestClient, query
+from nexus_actors.testing.processes import free_port, server_environment
 
 pytestmark = pytest.mark.realclock
 
@@ -63,21 +61,6 @@ while a load generator writes on the same socket (a TestClient has one writer)."
 
 
 # Server processes ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def environment(**settings: str) -> dict[str, str]:
-    """This process's environment without any server setting, plus ``settings``."""
-    names = {meta.env for _, meta, _ in Config.settings()}
-    env = {k: v for k, v in os.environ.items() if k not in names}
-    env.update(settings)
-    return env
 
 
 async def http_get(port: int, path: str) -> tuple[int, Any] | None:
@@ -163,7 +146,7 @@ class Cluster:
     async def start(self, **settings: str) -> Node:
         """Run ``python -m nexus_actors serve`` until /health answers (``settings``: env)."""
         port = free_port()
-        env = environment(**{"PORT": str(port), "NEXUS_HOST": "127.0.0.1",
+        env = server_environment(**{"PORT": str(port), "NEXUS_HOST": "127.0.0.1",
                              "DATABASE_URL": self.database_url, "LOG_LEVEL": "info",
                              **COMMON, **settings})
         log = self.logs / f"server-{len(self.processes) + 1}.log"

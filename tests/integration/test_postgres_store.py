@@ -23,9 +23,7 @@ wait is bounded with ``trio.fail_after``.
 
 from __future__ import annotations
 
-import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -61,6 +59,7 @@ from nexus_actors.store.migrate import LOCK_KEY, migrate, migrations
 from nexus_actors.store.postgres import KEEPALIVES, PostgresStore, conninfo, redact
 from nexus_actors.testing import TestClient, query
 from nexus_actors.testing.postgres import Databases, with_database
+from nexus_actors.testing.processes import free_port, server_environment
 
 pytestmark = pytest.mark.realclock
 
@@ -180,21 +179,6 @@ async def journal_sequences(url: str, code: str = CODE) -> list[int]:
     return [r[0] for r in found]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def environment(**settings: str) -> dict[str, str]:
-    """This process's environment without any server setting, plus ``settings``."""
-    names = {meta.env for _, meta, _ in Config.settings()}
-    env = {k: v for k, v in os.environ.items() if k not in names}
-    env.update(settings)
-    return env
-
-
 # Migrations ---------------------------------------------------------------------------
 
 
@@ -232,7 +216,7 @@ async def test_two_processes_migrating_a_fresh_database_at_once_apply_it_once(
         postgres_databases: Databases, tmp_path: Path) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with fresh_unmigrated_database(postgres_databases) as url:
-            env = environment(DATABASE_URL=url, LOG_LEVEL="warning")
+            env = server_environment(DATABASE_URL=url, LOG_LEVEL="warning")
             outputs = [tmp_path / "first.out", tmp_path / "second.out"]
             processes: list[trio.Process] = []
             # Hold the migration lock until both processes wait for it, so they do race.
@@ -696,7 +680,7 @@ def test_unparsable_url_is_a_config_error_that_never_shows_the_password() -> Non
 def test_migrate_with_an_unparsable_url_exits_2_without_showing_the_password() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "nexus_actors", "migrate"], capture_output=True, text=True,
-        env=environment(DATABASE_URL="postgresql://admin:s3cr3t-pw@[db.example.com/app"),
+        env=server_environment(DATABASE_URL="postgresql://admin:s3cr3t-pw@[db.example.com/app"),
         timeout=TEST_TIMEOUT, check=False)
     assert done.returncode == 2
     assert "s3cr3t" not in done.stdout + done.stderr
