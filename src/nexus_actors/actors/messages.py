@@ -101,8 +101,15 @@ class Crash:
     """Fault injection: make the room actor raise (tests and the simulation)."""
 
 
+@attrs.frozen(kw_only=True)
+class Inspect:
+    """Report the room's state as it is now (tests and the simulation)."""
+
+    reply: trio.MemorySendChannel[dict[str, Any] | None]
+
+
 RoomMsg = (Attach | Inbound | CursorsPending | Detach | Committed | WritesRejected | Stop
-           | Drain | Crash)
+           | Drain | Crash | Inspect)
 
 # Registry mailbox ----------------------------------------------------------
 
@@ -141,8 +148,15 @@ class CrashRoom:
 
 
 @attrs.frozen(kw_only=True)
+class InspectRoom:
+    code: str
+    reply: trio.MemorySendChannel[dict[str, Any] | None]
+
+
+@attrs.frozen(kw_only=True)
 class QueryRooms:
     reply: trio.MemorySendChannel[dict[str, Any]]
 
 
-RegistryMsg = OpenSession | RoomIdle | RoomExited | DrainRooms | CrashRoom | QueryRooms
+RegistryMsg = (OpenSession | RoomIdle | RoomExited | DrainRooms | CrashRoom | InspectRoom
+               | QueryRooms)

@@ -26,6 +26,8 @@ from .messages import (
     CrashRoom,
     Drain,
     DrainRooms,
+    Inspect,
+    InspectRoom,
     OpenSession,
     QueryRooms,
     Refused,
@@ -162,6 +164,16 @@ async def run_registry(services: Services, inbox: trio.MemoryReceiveChannel[Regi
                     entry = rooms.get(m.code)
                     if entry is not None:
                         tell(entry, Crash())
+                elif isinstance(m, InspectRoom):
+                    entry = rooms.get(m.code)
+                    if entry is not None:
+                        tell(entry, Inspect(reply=m.reply))
+                    else:
+                        try:
+                            m.reply.send_nowait(None)
+                        except (trio.WouldBlock, trio.BrokenResourceError,
+                                trio.ClosedResourceError):
+                            pass
                 elif isinstance(m, QueryRooms):
                     info: dict[str, Any] = {"rooms": sorted(rooms)}
                     try:

@@ -53,6 +53,7 @@ from .messages import (
     Detach,
     Drain,
     Inbound,
+    Inspect,
     Refused,
     RoomIdle,
     RoomMsg,
@@ -272,6 +273,8 @@ class Room:
             raise LostWrites(f"the store refused writes of room {self.code}")
         elif isinstance(message, Crash):
             raise RuntimeError(f"injected crash in room {self.code}")
+        elif isinstance(message, Inspect):
+            self._inspect(message)
 
     def on_time(self, now: float) -> None:
         self._flush_backlog()
@@ -818,6 +821,17 @@ class Room:
         self._maybe_idle()
 
     # Helpers -------------------------------------------------------------
+
+    def _inspect(self, message: Inspect) -> None:
+        report: dict[str, Any] | None = None
+        if self.state is not None:
+            report = {"snapshot": self.state.snapshot(), "connected": sorted(self.members),
+                      "epoch": self.epochs[-1][0], "durable": self.gate.durable_sequence,
+                      "hibernating": self.hibernating, "graceDeadline": self.grace_deadline}
+        try:
+            message.reply.send_nowait(report)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
     def state_(self) -> RoomState:
         assert self.state is not None

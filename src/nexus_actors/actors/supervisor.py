@@ -21,7 +21,7 @@ from ..store.memory import MemoryStore
 from .health import Health
 from .janitor import run_janitor
 from .listener import Listener
-from .messages import CrashRoom, DrainRooms, QueryRooms, RegistryMsg
+from .messages import CrashRoom, DrainRooms, InspectRoom, QueryRooms, RegistryMsg
 from .persistence import Flush, PersistMsg, run_persistence
 from .registry import run_registry
 from .services import Services
@@ -60,6 +60,14 @@ class Server:
     async def crash_room(self, code: str) -> None:
         """Fault injection: make a live room actor raise."""
         await self._registry.send(CrashRoom(code=code))
+
+    async def inspect(self, code: str) -> dict[str, Any] | None:
+        """A live room's state (``snapshot``, ``connected``, ``epoch``...), or ``None``."""
+        send, receive = trio.open_memory_channel[dict[str, Any] | None](1)
+        await self._registry.send(InspectRoom(code=code, reply=send))
+        with receive, trio.move_on_after(5):  # a room stopping may drop the question
+            return await receive.receive()
+        return None
 
     async def rooms(self) -> list[str]:
         """Codes of the live room actors."""
