@@ -259,6 +259,39 @@ async def test_events_acked_before_a_crash_are_all_replayed(
         assert [f["eventId"] for f in replay if f["data"]["name"] == "scene/create"] == sent
 
 
+async def test_room_restarted_after_a_crash_waits_for_its_own_writes_before_stopping(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # Notices that the earlier incarnation's writes committed arrive after the restart;
+    # they must not count as the new incarnation's writes being durable, or the room
+    # stops with its hibernation unwritten and the next start loads a stale room.
+    async with open_server(host_grace=GRACE, hibernation_timeout=TIMEOUT) as server:
+        host = await server.create("GM")
+        code = host.room
+        await acked(host, "s1")
+        server.store.pause()
+        await host.send_event("scene/create", scene("s2"), event_id="s2")
+        await host.send_event("scene/create", scene("s3"), event_id="s3")
+        await server.running.crash_room(code)
+        assert await host.wait_closed() == 1012
+        await trio.sleep(1)
+        server.store.resume()  # the crashed incarnation's writes commit; the room restarts
+        await trio.sleep(1)
+        server.store.pause()
+        await trio.sleep(GRACE + 1)  # nobody came back: the new incarnation hibernates
+        assert code in await server.running.rooms()  # its hibernation is not durable yet
+
+        server.store.resume()
+        await trio.sleep(1)
+        assert code not in await server.running.rooms()
+        journal = server.store.journal(code)
+        assert [e.event_id for e in journal if e.name == "scene/create"] == ["s1", "s2", "s3"]
+        assert journal[-1].name == "session/hibernated"
+        again = await server.resume(host, last_seen=host.last_sequence())
+        assert again.session["sequence"] == journal[-1].sequence
+        assert (await again.next("event-cursor"))["data"]["mode"] == "resume"
+        assert sorted(again.session["state"]["scenes"]) == ["s1", "s2", "s3"]
+
+
 async def test_room_crashing_repeatedly_is_stopped_then_restarted_from_the_store(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server() as server:

@@ -100,10 +100,15 @@ class LostWrites(Exception):
 
 @attrs.define
 class Shell:
-    """What outlives one room incarnation: its connections and the attach count."""
+    """What outlives one room incarnation: its connections, the attach count and the
+    intent numbering."""
 
     peers: dict[int, Peer] = attrs.Factory(dict)
     attaches: int = 0
+    marks: int = 0
+    """Intents the room's incarnations have written. Numbers continue across a restart, so
+    a ``Committed`` notice meant for an earlier incarnation (it can arrive late, after the
+    restart) never covers the intents of the next one."""
 
 
 class Room:
@@ -135,8 +140,9 @@ class Room:
         "Sequence each connected member's welcome or replay covered."
         self.cursors = CursorBoard()
         self.cursor_mailbox = CursorMailbox()
-        self.mark = 0
-        self.committed_mark = 0
+        # A restart waits until the store has taken or refused everything earlier
+        # incarnations wrote, so nothing before this incarnation is pending.
+        self.mark = self.committed_mark = shell.marks
         self.backlog: deque[Intent] = deque()
         "Writes the persistence queue had no room for yet (sent in order, before any new one)."
         self.gate = OutputGate()
@@ -698,6 +704,7 @@ class Room:
 
     def _write(self, write: Write) -> int:
         self.mark += 1
+        self.shell.marks = self.mark
         self.backlog.append(Intent(write=write, notify=self.notify, mark=self.mark, owner=self))
         self._flush_backlog()
         return self.mark
