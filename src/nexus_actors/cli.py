@@ -17,6 +17,7 @@ from .config import Config, settings_table
 from .errors import ConfigError, StoreError
 from .store.base import Store
 from .store.setup import database, migrate_when_reachable, prepare_store
+from .testing import campaign
 
 log = logging.getLogger("nexus_actors")
 
@@ -36,6 +37,14 @@ def _parser() -> argparse.ArgumentParser:
                     "embedded PostgreSQL when it is unset), then exit.")
     Config.add_arguments(migrate_parser)
     commands.add_parser("settings", help="print the settings table (Markdown)")
+    simulate_parser = commands.add_parser(
+        "simulate", help="run seeded simulations of the server with faults",
+        description="Run the real server in-process under a virtual clock with simulated "
+                    "clients, random actions and faults, checking every invariant after "
+                    "every step. A failing seed is shrunk to its shortest failing trace, "
+                    "saved, and the command that replays it is printed "
+                    "(docs/simulation.md).")
+    campaign.add_arguments(simulate_parser)
     return parser
 
 
@@ -67,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "settings":
         print(settings_table())
         return 0
+    if args.command == "simulate":
+        return campaign.main(args)
     flags = {name: getattr(args, name) for name, _, _ in Config.settings()}
     try:
         config = Config.from_sources(flags, os.environ)

@@ -59,6 +59,8 @@ class MemoryStore:
         "Batches committed so far."
         self.writes = 0
         "Writes committed so far."
+        self.rejections: list[str] = []
+        "Why each batch the store refused was refused (injected refusals included)."
         self.connection_events: list[LogConnection] = []
         "Connection lifecycle records, as ``connection_events`` would hold them."
 
@@ -86,6 +88,12 @@ class MemoryStore:
         refuses writes it cannot take)."""
         self._refused[code] = times
 
+    @property
+    def healthy(self) -> bool:
+        """Not paused, and no injected failure or refusal still to come."""
+        return (self._resumed is None and not self._fail_before and not self._fail_after
+                and not any(self._refused.values()))
+
     async def _gate(self) -> None:
         await trio.lowlevel.checkpoint()
         while self._resumed is not None:
@@ -110,7 +118,11 @@ class MemoryStore:
         if self._fail_before:
             self._fail_before -= 1
             raise StoreError("injected failure before commit")
-        self._apply(writes)
+        try:
+            self._apply(writes)
+        except StoreRejected as exc:
+            self.rejections.append(exc.message)
+            raise
         self.commits += 1
         self.writes += len(writes)
         if self._fail_after:

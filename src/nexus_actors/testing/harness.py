@@ -37,17 +37,20 @@ class TestServer:
         self.server: Server | None = None
         self.listener = MemoryListener()
         self._stopped = trio.Event()
+        self._scope = trio.CancelScope()
 
     async def start(self) -> None:
         self.listener = MemoryListener()
         self._stopped = trio.Event()
+        self._scope = trio.CancelScope()
         self.server = await self.nursery.start(self._run)
 
     async def _run(self, *, task_status: trio.TaskStatus[Server]) -> None:
         try:
-            await serve(self.config, deps=self.deps, store=self.store,
-                        listeners=[self.listener], shutdown_trigger=None,
-                        task_status=task_status)
+            with self._scope:
+                await serve(self.config, deps=self.deps, store=self.store,
+                            listeners=[self.listener], shutdown_trigger=None,
+                            task_status=task_status)
         finally:
             self._stopped.set()
 
@@ -55,6 +58,16 @@ class TestServer:
         """Drain the server as SIGTERM would, and wait until it has exited."""
         if self.server is not None:
             self.server.shutdown()
+            await self._stopped.wait()
+            self.server = None
+
+    async def kill(self) -> None:
+        """Stop the server at once, as ``kill -9`` would: no drain, nothing flushed.
+
+        Whatever the store had not committed is lost; clients see their connections drop.
+        """
+        if self.server is not None:
+            self._scope.cancel()
             await self._stopped.wait()
             self.server = None
 
