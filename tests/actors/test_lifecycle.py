@@ -292,6 +292,51 @@ async def test_room_restarted_after_a_crash_waits_for_its_own_writes_before_stop
         assert sorted(again.session["state"]["scenes"]) == ["s1", "s2", "s3"]
 
 
+async def test_new_epoch_after_an_unclean_stop_is_durable_before_any_client_sees_it(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # Otherwise a second unclean stop before the record commits hands out the same epoch
+    # again, for different events, and a client of the first one resumes into a history
+    # that is not the one it saw.
+    async with open_server(host_grace=600) as server:
+        host = await server.create("GM")
+        ana = await server.join(host.room, "Ana")
+        await chatted(host, "c1")
+        await server.kill()
+        await server.start()
+        server.store.fail_next(8)  # loads work, commits fail for about 7 s
+        pending = await server.connect(query(reconnect=ana.room, token=ana.token,
+                                             lastSeenSequence=ana.last_sequence(), epoch=1))
+        await trio.sleep(3)
+        assert pending.events() == []  # the restored room waits for its epoch record
+
+        await pending.until("event", "session/reconnected")
+        assert pending.session["epoch"] == 2
+        record = await server.store.load_room(host.room)
+        assert record is not None
+        assert record.epochs[-1] == (2, ana.last_sequence() + 1)
+        await server.kill()
+        await server.start()
+        again = await server.resume(pending, last_seen=pending.last_sequence(), epoch=2)
+        assert again.session["epoch"] == 3
+
+
+async def test_new_epoch_the_store_refuses_is_never_shown_to_a_client(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server(host_grace=600) as server:
+        host = await server.create("GM")
+        await chatted(host, "c1")
+        await server.kill()
+        await server.start()
+        server.store.refuse(host.room, times=2)  # the new epoch's record, batch and retry
+        again = await server.resume(host, last_seen=host.last_sequence(), epoch=1)
+        record = await server.store.load_room(host.room)
+        assert record is not None
+        assert record.epochs[-1][0] == again.session["epoch"] == 2
+        await trio.sleep(1)
+        assert not again.closed.is_set()  # it was not shown an epoch that then went away
+        assert [e.event_id for e in server.store.journal(host.room)].count("c1") == 1
+
+
 async def test_room_crashing_repeatedly_is_stopped_then_restarted_from_the_store(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server() as server:
@@ -316,6 +361,34 @@ async def test_room_crashing_repeatedly_is_stopped_then_restarted_from_the_store
         assert code in await server.running.rooms()
         ack = await acked(again, "s2")
         assert ack["data"]["serverSequence"] == again.session["sequence"] + 1
+
+
+async def test_room_stopped_after_repeated_crashes_first_hands_its_writes_to_the_store(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # A generation started while the stopped one's writes are still queued would load a
+    # stale room and reuse sequence numbers.
+    async with open_server() as server:
+        host = await server.create("GM")
+        code = host.room
+        client = host
+        for _ in range(3):
+            await server.running.crash_room(code)
+            assert await client.wait_closed() == 1012
+            client = await server.resume(client, last_seen=client.last_sequence())
+        server.store.pause()
+        await client.send_event("scene/create", scene("s1"), event_id="s1")
+        await server.running.crash_room(code)  # the fourth within 60 s, s1 not committed
+        assert await client.wait_closed() == 1012
+        await trio.sleep(1)
+        assert code in await server.running.rooms()  # waiting for the store
+
+        server.store.resume()
+        await trio.sleep(1)
+        assert code not in await server.running.rooms()
+        assert "s1" in journal_ids(server, code)
+        again = await server.resume(client, last_seen=client.last_sequence())
+        assert set(again.session["state"]["scenes"]) == {"s1"}
+        assert server.store.rejections == []
 
 
 async def test_crashes_spread_beyond_the_window_do_not_stop_the_room(

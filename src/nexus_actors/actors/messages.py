@@ -81,9 +81,12 @@ class Committed:
     mark: int
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class WritesRejected:
     """The store refused some of this room's writes: they are lost, the room must restart."""
+
+    mark: int
+    "The highest intent number refused (an incarnation ignores its predecessors')."
 
 
 @attrs.frozen

@@ -180,7 +180,9 @@ async def run_persistence(
                 elif m.notify is None:
                     continue
                 elif m.owner is not None and m.owner in refused:
-                    tell[m.notify] = WritesRejected()
+                    previous = tell.get(m.notify)
+                    mark = previous.mark if isinstance(previous, WritesRejected) else 0
+                    tell[m.notify] = WritesRejected(mark=max(mark, m.mark))
                     unsent.pop(m.notify, None)
                 else:
                     unsent[m.notify] = max(m.mark, unsent.get(m.notify, 0))

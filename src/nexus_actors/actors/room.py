@@ -61,7 +61,7 @@ from .messages import (
     WritesRejected,
 )
 from .peer import Peer
-from .persistence import Intent
+from .persistence import Flush, Intent
 from .services import Services
 
 log = logging.getLogger("nexus_actors.room")
@@ -142,7 +142,9 @@ class Room:
         self.cursor_mailbox = CursorMailbox()
         # A restart waits until the store has taken or refused everything earlier
         # incarnations wrote, so nothing before this incarnation is pending.
-        self.mark = self.committed_mark = shell.marks
+        self.mark = self.committed_mark = self.first_mark = shell.marks
+        self.new_epoch = False
+        "This incarnation began a new epoch when it loaded the room."
         self.backlog: deque[Intent] = deque()
         "Writes the persistence queue had no room for yet (sent in order, before any new one)."
         self.gate = OutputGate()
@@ -173,9 +175,27 @@ class Room:
             self._write(PutRoom(code=self.code, status="abandoned",
                                 last_activity=record.last_activity, epochs=record.epochs))
             return
-        self._restore(record, now_ms)
+        self.new_epoch = self._restore(record, now_ms)
+        if self.new_epoch:
+            # Clients are about to be told the new epoch: it must be durable first, or
+            # another unclean stop would hand out the same epoch for different events.
+            began = trio.current_time()
+            while self.backlog:
+                await self.s.persist.send(self.backlog.popleft())
+            done = trio.Event()
+            await self.s.persist.send(Flush(done=done))
+            await done.wait()
+            recorded = await self.s.store.load_room(self.code)
+            if recorded is None or tuple(recorded.epochs[-1:]) != tuple(self.epochs[-1:]):
+                raise LostWrites(f"the store did not record room {self.code}'s new epoch")
+            waited = trio.current_time() - began  # the host's grace starts when we serve
+            if self.grace_deadline is not None:
+                self.grace_deadline += waited
+            if self.idle_deadline is not None:
+                self.idle_deadline += waited
 
-    def _restore(self, record: RoomRecord, now_ms: int) -> None:
+    def _restore(self, record: RoomRecord, now_ms: int) -> bool:
+        """Rebuild the room from ``record``; ``True`` if it begins a new epoch."""
         state = (RoomState.from_snapshot(orjson.loads(record.snapshot))
                  if record.snapshot is not None else RoomState(code=self.code))
         for event in record.journal:
@@ -187,7 +207,8 @@ class Room:
         self.by_event_id = {e.event_id: _seen(e) for e in retained}
         self.gate = OutputGate(state.sequence)
         self.epochs = list(record.epochs) or [(1, 1)]
-        if record.status == "active" and not self.flushed:
+        unclean = record.status == "active" and not self.flushed
+        if unclean:
             # The last owner stopped uncleanly: clients may have seen events that were
             # never committed, so sequence numbers after this point begin a new epoch.
             self.epochs = [*self.epochs, (self.epochs[-1][0] + 1, state.sequence + 1)]
@@ -209,6 +230,7 @@ class Room:
             hibernated = bool(record.journal) and record.journal[-1].name == "session/hibernated"
             self.grace_deadline = now if hibernated else now + self.config.host_grace
         self.idle_deadline = now + self.config.host_grace
+        return unclean
 
     # Loop ----------------------------------------------------------------
 
@@ -275,7 +297,9 @@ class Room:
             self.on_drain()
         elif isinstance(message, Stop):
             self.done = True
-        elif isinstance(message, WritesRejected):
+        elif isinstance(message, WritesRejected) and (message.mark > self.first_mark
+                                                      or not self.new_epoch):
+            # A predecessor's lost writes need a new epoch; one that began here covers them.
             raise LostWrites(f"the store refused writes of room {self.code}")
         elif isinstance(message, Crash):
             raise RuntimeError(f"injected crash in room {self.code}")

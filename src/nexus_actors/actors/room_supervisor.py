@@ -63,14 +63,16 @@ async def run_room(services: Services, code: str, generation: int,
                     peer.close(close.SERVICE_RESTART, "room restart",
                                outbound.backoff("room-restart", retry, services.deps.wall_ms()))
                 shell.peers.clear()
+                # Wait until the store has taken (or refused) everything this room wrote:
+                # whatever starts next, here or as a new generation, loads it.
+                done = trio.Event()
+                await services.persist.send(Flush(done=done))
+                await done.wait()
                 if len(crashes) > MAX_CRASHES:
                     log.error("room %s crashed %d times in %.0fs; stopping it", code,
                               len(crashes), CRASH_WINDOW)
                     room.refuse_all(inbox, Code.UNAVAILABLE, "the room is unavailable")
                     return
-                done = trio.Event()
-                await services.persist.send(Flush(done=done))
-                await done.wait()
                 # Everything it broadcast is durable now, unless the store refused some of
                 # it: then clients may have seen events that are gone (a new epoch).
                 flushed = not lost
