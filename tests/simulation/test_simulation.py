@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from nexus_actors.actors import gate, room
-from nexus_actors.room import cursors
+from nexus_actors.room import cursors, events
 from nexus_actors.testing import campaign
 from nexus_actors.testing.simulation import FAULTS, Outcome, run, shrink
 
@@ -67,6 +67,18 @@ def test_replaying_a_recorded_run_reproduces_it() -> None:
     assert replayed.digest == original.digest
 
 
+TRACES = sorted((Path(__file__).parent / "traces").glob("*.json"))
+
+
+@pytest.mark.parametrize("trace", TRACES, ids=[trace.stem for trace in TRACES])
+def test_shrunk_traces_of_bugs_found_now_pass(trace: Path) -> None:
+    seed, settings, steps, failure = campaign.load(trace)
+    assert failure  # what it did before the fix, for the record
+    outcome = run(seed, rooms=settings.rooms, clients=settings.clients, trace=steps)
+    assert outcome.failure is None
+    assert len(outcome.steps) == len(steps)
+
+
 # Bugs planted in the server must be caught ---------------------------------------
 
 
@@ -98,15 +110,13 @@ def _cursor_kept_after_disconnect(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cursors.CursorBoard, "remove", lambda self, member_id: None)
 
 
-def _sequence_reused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Number intents from 0 in each incarnation (a bug the simulation found)."""
-    init = room.Room.__init__
+def _co_host_kept_after_leaving(monkeypatch: pytest.MonkeyPatch) -> None:
+    def leaky(state: Any, member_id: str) -> None:
+        state.seats.pop(member_id, None)
+        if state.host_id == member_id:
+            state.host_id = None
 
-    def forgetful(self: room.Room, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        self.mark = self.committed_mark = 0
-
-    monkeypatch.setattr(room.Room, "__init__", forgetful)
+    monkeypatch.setattr(events, "_remove_seat", leaky)
 
 
 PLANTED: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
@@ -114,7 +124,7 @@ PLANTED: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
     "ack before commit": (_ack_before_commit, "is not durable"),
     "no host promotion": (_no_host_promotion, "past its grace period"),
     "cursor kept": (_cursor_kept_after_disconnect, "cursors of"),
-    "intent numbers restart": (_sequence_reused, "the store refused writes"),
+    "co-host kept after leaving": (_co_host_kept_after_leaving, "co-hosts"),
 }
 
 

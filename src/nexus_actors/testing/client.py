@@ -20,7 +20,10 @@ from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
+from websockets.protocol import State
 from websockets.uri import parse_uri
+
+from .streams import MemoryStream
 
 RECEIVE_SIZE = 65536
 DEFAULT_TIMEOUT = 30.0
@@ -234,6 +237,21 @@ class TestClient:
 
     def unstall(self) -> None:
         self._running.set()
+
+    def lag(self, seconds: float) -> None:
+        """Delay every frame sent either way from now on by ``seconds`` (in-memory only)."""
+        if isinstance(self.stream, MemoryStream):
+            self.stream.lag(seconds)
+
+    @property
+    def can_send(self) -> bool:
+        """Whether frames can still be sent (no closing handshake has begun)."""
+        return self.protocol.state is State.OPEN and not self.closed.is_set()
+
+    @property
+    def in_transit(self) -> bool:
+        """Whether frames sent either way are still on their way (see :meth:`lag`)."""
+        return isinstance(self.stream, MemoryStream) and self.stream.in_transit
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Start a clean closing handshake."""

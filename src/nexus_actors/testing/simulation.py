@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,8 +52,8 @@ Step = dict[str, Any]
 
 SETTLE = 0.25
 "Virtual seconds after each step for the server to settle (commits, cursor ticks)."
-FAULTS = frozenset({"drop", "stall", "pause_store", "fail_store", "crash", "restart", "kill",
-                    "jump"})
+FAULTS = frozenset({"drop", "stall", "lag", "pause_store", "fail_store", "crash", "restart",
+                    "kill", "jump"})
 
 SIM_CONFIG = Config(
     host_grace=5.0, hibernation_timeout=300.0, heartbeat_interval=10.0,
@@ -176,6 +177,8 @@ class Simulation:
                 (0.25, lambda: {"op": "leave", "agent": rng.choice(live).index}),
                 (0.6, lambda: {"op": "drop", "agent": rng.choice(live).index}),
                 (0.2, lambda: {"op": "stall", "agent": rng.choice(live).index}),
+                (0.3, lambda: {"op": "lag", "agent": rng.choice(live).index,
+                               "seconds": rng.choice([0.0, 0.05, 0.3, 1.0, 3.5])}),
             ]
         options += [
             (0.15, lambda: {"op": "pause_store"} if not self.paused else {"op": "resume_store"}),
@@ -232,7 +235,7 @@ class Simulation:
     def _live(self, step: Step) -> Agent | None:
         """The step's agent, if its connection is open (a client knows when it is not)."""
         agent = self._agent(step, "connected")
-        if agent is None or agent.client is None or agent.client.closed.is_set():
+        if agent is None or agent.client is None or not agent.client.can_send:
             return None
         return agent
 
@@ -307,7 +310,7 @@ class Simulation:
     async def _resend(self, agent: Agent, event_id: str) -> None:
         assert agent.client is not None
         name, data = agent.outbox[event_id]
-        if not agent.client.closed.is_set():
+        if agent.client.can_send:
             await agent.client.send_event(name, data, event_id=event_id)
 
     def _room_id(self, agent: Agent, kind: str, number: int) -> str:
@@ -387,6 +390,11 @@ class Simulation:
         if agent is not None and agent.client is not None:
             agent.client.stall()
             agent.status = "stalled"
+
+    async def _op_lag(self, step: Step) -> None:
+        agent = self._live(step)
+        if agent is not None and agent.client is not None:
+            agent.client.lag(step["seconds"])
 
     async def _op_pause_store(self, step: Step) -> None:
         self.store.pause()
@@ -479,11 +487,11 @@ class Simulation:
         healthy = not self.paused and self.store.healthy
         if self.store.rejections:  # the simulation never asks the store to refuse a write
             raise Violation(f"the store refused writes: {self.store.rejections[0]}")
+        reports = await self._inspect([code for code in self.codes if code is not None])
         for index, code in enumerate(self.codes):
             if code is None:
                 continue
-            report = (await self.server.running.inspect(code)
-                      if self.server.server is not None else None)
+            report = reports.get(code)
             journal = self.store.journal(code)
             sequences = [e.sequence for e in journal]
             first = sequences[0] if sequences else None
@@ -510,6 +518,24 @@ class Simulation:
         observed["agents"] = [(a.status, a.replica.applied if a.replica else None,
                                len(a.acked), len(a.outbox)) for a in self.agents]
         return observed
+
+    async def _inspect(self, codes: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Each live room's report, if it answers at this instant (not a busy one, e.g.
+        still loading: waiting for it would let time pass behind the clients' back)."""
+        if self.server.server is None:
+            return {}
+        server = self.server.running
+        answers: dict[str, dict[str, Any] | None] = {}
+
+        async def ask(code: str) -> None:
+            answers[code] = await server.inspect(code)
+
+        async with trio.open_nursery() as nursery:
+            for code in codes:
+                nursery.start_soon(ask, code)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        return answers
 
     def _check_room(self, index: int, code: str, report: dict[str, Any] | None,
                     journal: dict[int, str], healthy: bool) -> Any:
@@ -540,8 +566,9 @@ class Simulation:
                         replica.epoch == report["epoch"]):
                     raise Violation(f"{agent.name} applied {event_id} at {sequence}, the "
                                     f"journal has {journal[sequence]}")
-            if agent.status != "connected" or agent.uuid not in connected:
-                continue
+            if (agent.status != "connected" or agent.uuid not in connected
+                    or agent.client is None or agent.client.in_transit):
+                continue  # away, or frames still on a slow link: it cannot be up to date
             if healthy and not agent.outbox and replica.settled:
                 if comparable(replica.state) != expected:
                     raise Violation(f"{agent.name} has not converged to room {index}: "
@@ -645,10 +672,19 @@ def run(seed: int, *, steps: int = 200, rooms: int = 3, clients: int = 10,
         except BaseException as exc:  # a crash of the server or the harness is a failure
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            outcome.failure = f"crashed: {type(exc).__name__}: {exc}"
+            leaf = _leaf(exc)
+            outcome.failure = f"crashed: {type(leaf).__name__}: {leaf}"
             outcome.failed_at = max(0, len(outcome.steps) - 1)
+            capture.lines.extend(traceback.format_exception(leaf))
     outcome.log = list(capture.lines)
     return outcome
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first exception that is not a group (what actually went wrong)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def shrink(outcome: Outcome, *, rooms: int, clients: int, config: Config = SIM_CONFIG,

@@ -9,6 +9,7 @@ falls behind, exactly what makes a slow consumer visible to the server.
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import trio
 from trio.lowlevel import ParkingLot
@@ -28,9 +29,22 @@ class _Pipe:
         self.reader_gone = False
         "The reader closed; writes fail like a reset socket."
         self.lot = ParkingLot()
+        self.delay = 0.0
+        "Seconds between a write and the moment its bytes can be read (a slow link)."
+        self.in_transit: deque[tuple[float, bytes]] = deque()
+        "Bytes written but not readable yet: ``(when readable, bytes)``, in order."
 
     def wake(self) -> None:
         self.lot.unpark_all()
+
+    @property
+    def used(self) -> int:
+        return len(self.buffer) + sum(len(chunk) for _, chunk in self.in_transit)
+
+    def _arrive(self) -> None:
+        now = trio.current_time()
+        while self.in_transit and self.in_transit[0][0] <= now:
+            self.buffer += self.in_transit.popleft()[1]
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -39,20 +53,32 @@ class _Pipe:
                 raise trio.BrokenResourceError("peer closed the stream")
             if self.eof:
                 raise trio.ClosedResourceError("stream was closed")
-            room = self.capacity - len(self.buffer)
+            room = self.capacity - self.used
             if room <= 0:
                 await self.lot.park()
                 continue
-            self.buffer += view[:room]
+            if self.delay or self.in_transit:
+                ready = trio.current_time() + self.delay
+                if self.in_transit:  # never overtake bytes written earlier
+                    ready = max(ready, self.in_transit[-1][0])
+                self.in_transit.append((ready, bytes(view[:room])))
+            else:
+                self.buffer += view[:room]
             view = view[room:]
             self.wake()
         await trio.lowlevel.checkpoint()
 
     async def read(self, max_bytes: int | None) -> bytes:
-        while not self.buffer and not self.eof:
+        self._arrive()
+        while not self.buffer and not (self.eof and not self.in_transit):
             if self.reader_gone:
                 raise trio.ClosedResourceError("stream was closed")
-            await self.lot.park()
+            if self.in_transit:
+                with trio.move_on_at(self.in_transit[0][0]):
+                    await self.lot.park()
+                self._arrive()
+            else:
+                await self.lot.park()
         if self.reader_gone:
             raise trio.ClosedResourceError("stream was closed")
         size = len(self.buffer) if max_bytes is None else min(max_bytes, len(self.buffer))
@@ -74,8 +100,17 @@ class MemoryStream(trio.abc.HalfCloseableStream):
         await self._out.write(data)
 
     async def wait_send_all_might_not_block(self) -> None:
-        while len(self._out.buffer) >= self._out.capacity and not self._out.reader_gone:
+        while self._out.used >= self._out.capacity and not self._out.reader_gone:
             await self._out.lot.park()
+
+    def lag(self, seconds: float) -> None:
+        """Delay every byte sent in either direction from now on by ``seconds``."""
+        self._out.delay = self._in.delay = seconds
+
+    @property
+    def in_transit(self) -> bool:
+        """Whether bytes sent either way are still on their way (see :meth:`lag`)."""
+        return bool(self._out.in_transit or self._in.in_transit)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         return await self._in.read(max_bytes)
