@@ -25,7 +25,8 @@ async def test_lag_delays_bytes_in_both_directions_and_keeps_their_order(
     client.lag(0.5)
     start = trio.current_time()
     await client.send_all(b"one")
-    assert client.in_transit
+    on_the_way = client.in_transit
+    assert on_the_way
     client.lag(0.1)  # a faster link later never lets new bytes overtake old ones
     await client.send_all(b"two")
     received = b""
