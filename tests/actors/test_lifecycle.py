@@ -97,6 +97,24 @@ async def test_resume_wakes_a_hibernating_room_with_state_and_sequence_intact(
         assert ack["data"]["serverSequence"] == seen + 2
 
 
+async def test_woken_room_serves_only_once_the_store_knows_it_is_live(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # If it served first, a kill before "active" committed would leave the room looking
+    # cleanly hibernated: the next restore would reuse, in the same epoch, sequence
+    # numbers whose events clients had already seen.
+    async with open_server(host_grace=GRACE, hibernation_timeout=TIMEOUT) as server:
+        host, seen = await hibernated_room(server)
+        server.store.fail_next(8)  # loads work, commits fail for about 7 s
+        pending = await server.connect(query(reconnect=host.room, token=host.token,
+                                             lastSeenSequence=seen))
+        await trio.sleep(3)
+        assert pending.events() == []
+
+        await pending.until("event", "session/reconnected")
+        assert server.store.status(host.room) == "active"
+        assert pending.session["epoch"] == 1
+
+
 async def test_join_wakes_a_hibernating_room(autojump_clock: trio.testing.MockClock) -> None:
     async with open_server(host_grace=GRACE, hibernation_timeout=TIMEOUT) as server:
         host, seen = await hibernated_room(server)

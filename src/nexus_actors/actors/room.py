@@ -176,23 +176,29 @@ class Room:
                                 last_activity=record.last_activity, epochs=record.epochs))
             return
         self.new_epoch = self._restore(record, now_ms)
-        if self.new_epoch:
-            # Clients are about to be told the new epoch: it must be durable first, or
-            # another unclean stop would hand out the same epoch for different events.
-            began = trio.current_time()
-            while self.backlog:
-                await self.s.persist.send(self.backlog.popleft())
-            done = trio.Event()
-            await self.s.persist.send(Flush(done=done))
-            await done.wait()
-            recorded = await self.s.store.load_room(self.code)
-            if recorded is None or tuple(recorded.epochs[-1:]) != tuple(self.epochs[-1:]):
-                raise LostWrites(f"the store did not record room {self.code}'s new epoch")
-            waited = trio.current_time() - began  # the host's grace starts when we serve
-            if self.grace_deadline is not None:
-                self.grace_deadline += waited
-            if self.idle_deadline is not None:
-                self.idle_deadline += waited
+        if self.new_epoch or record.status != "active":
+            # Before any client sees an event, the store must know the room is live, and
+            # in which epoch: if this process then dies, the next restore finds it
+            # "active", knows that events it never committed may have been seen, and
+            # begins a new epoch (never one it has handed out before).
+            await self._until_live_is_durable()
+
+    async def _until_live_is_durable(self) -> None:
+        began = trio.current_time()
+        while self.backlog:
+            await self.s.persist.send(self.backlog.popleft())
+        done = trio.Event()
+        await self.s.persist.send(Flush(done=done))
+        await done.wait()
+        recorded = await self.s.store.load_room(self.code)
+        if (recorded is None or recorded.status != "active"
+                or tuple(recorded.epochs[-1:]) != tuple(self.epochs[-1:])):
+            raise LostWrites(f"the store did not record room {self.code} as live")
+        waited = trio.current_time() - began  # the host's grace starts when we serve
+        if self.grace_deadline is not None:
+            self.grace_deadline += waited
+        if self.idle_deadline is not None:
+            self.idle_deadline += waited
 
     def _restore(self, record: RoomRecord, now_ms: int) -> bool:
         """Rebuild the room from ``record``; ``True`` if it begins a new epoch."""
