@@ -97,22 +97,60 @@ async def test_resume_wakes_a_hibernating_room_with_state_and_sequence_intact(
         assert ack["data"]["serverSequence"] == seen + 2
 
 
-async def test_woken_room_serves_only_once_the_store_knows_it_is_live(
+async def test_room_loaded_from_the_store_serves_only_once_its_new_epoch_is_durable(
         autojump_clock: trio.testing.MockClock) -> None:
-    # If it served first, a kill before "active" committed would leave the room looking
-    # cleanly hibernated: the next restore would reuse, in the same epoch, sequence
-    # numbers whose events clients had already seen.
+    # Every load from the store begins an epoch (a room that woke in place and was then
+    # killed looks cleanly hibernated); if it served before the epoch was recorded, a
+    # kill would let the next load hand out the same epoch for different events.
     async with open_server(host_grace=GRACE, hibernation_timeout=TIMEOUT) as server:
         host, seen = await hibernated_room(server)
         server.store.fail_next(8)  # loads work, commits fail for about 7 s
         pending = await server.connect(query(reconnect=host.room, token=host.token,
-                                             lastSeenSequence=seen))
+                                             lastSeenSequence=seen, epoch=1))
         await trio.sleep(3)
         assert pending.events() == []
 
         await pending.until("event", "session/reconnected")
-        assert server.store.status(host.room) == "active"
-        assert pending.session["epoch"] == 1
+        assert pending.session["epoch"] == 2
+        assert (await pending.next("event-cursor"))["data"]["mode"] == "resume"
+        record = await server.store.load_room(host.room)
+        assert record is not None
+        assert record.status == "active"
+        assert record.epochs[-1] == (2, seen + 2)  # after session/hibernated
+
+
+async def test_kill_after_a_room_woke_in_place_still_begins_a_new_epoch(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # The room woke before its hibernation was committed; the store then recorded it as
+    # hibernating, and the server was killed before it heard the room was live again.
+    # The store looks cleanly hibernated, yet Ana saw an event that was never committed.
+    async with open_server(host_grace=GRACE, hibernation_timeout=TIMEOUT) as server:
+        host = await server.create("GM")
+        ana = await server.join(host.room, "Ana")
+        await host.until("event", "session/join")
+        code = host.room
+        host.drop()
+        ana.drop()
+        await trio.sleep(1)
+        server.store.pause()
+        await trio.sleep(GRACE)  # hibernation journaled; its commit waits for the store
+        host = await server.resume(host, last_seen=host.last_sequence(), epoch=1)
+        ana = await server.resume(ana, last_seen=ana.last_sequence(), epoch=1)
+        await host.send_event("chat/message", {"text": "unsaved"}, event_id="u1")
+        await ana.until("event", "chat/message")
+        server.store.fail_next(4, after_applying=True)  # it lands; the news does not arrive
+        server.store.resume()
+        await trio.sleep(0.1)  # the commit is being retried
+        assert server.store.status(code) == "hibernating"
+        await server.kill()
+        await server.start()
+
+        host = await server.resume(host, last_seen=host.last_sequence(), epoch=1)
+        await chatted(host, "saved")  # takes the number "unsaved" had
+        again = await server.resume(ana, last_seen=ana.last_sequence(), epoch=1)
+        assert again.session["epoch"] == 2
+        assert (await again.next("event-cursor"))["data"]["mode"] == "baseline"
+        assert [m["text"] for m in again.session["state"]["chat"]] == ["saved"]
 
 
 async def test_join_wakes_a_hibernating_room(autojump_clock: trio.testing.MockClock) -> None:
@@ -289,6 +327,7 @@ async def test_room_restarted_after_a_crash_waits_for_its_own_writes_before_stop
         server.store.pause()
         await host.send_event("scene/create", scene("s2"), event_id="s2")
         await host.send_event("scene/create", scene("s3"), event_id="s3")
+        await trio.testing.wait_all_tasks_blocked()  # the room has taken both in
         await server.running.crash_room(code)
         assert await host.wait_closed() == 1012
         await trio.sleep(1)
@@ -451,7 +490,9 @@ async def test_server_restart_sends_every_client_away_then_resume_finds_everythi
             assert (await again.next("event-cursor"))["data"]["mode"] == "resume"
             assert again.session["uuid"] == previous.uuid
             assert again.session["sequence"] == sequence
-            assert again.session["epoch"] == previous.session["epoch"]
+            # Restored from the store: a new epoch, which costs a client whose history is
+            # all durable nothing (it resumes, as above).
+            assert again.session["epoch"] == previous.session["epoch"] + 1
             assert again.session["hostId"] == host.uuid
             assert again.session["coHostIds"] == [ana.uuid]
             assert roster(again.session) == [(host.uuid, "GM", "host"),

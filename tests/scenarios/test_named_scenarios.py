@@ -717,7 +717,7 @@ async def test_server_restart_with_moves_in_flight_loses_nothing_and_applies_eac
                   for member in (host, bo, ana)}
         for client in seated.values():
             assert client.frames[1]["data"]["mode"] == "resume"
-            assert client.session["epoch"] == 1  # a clean drain keeps the epoch
+            assert client.session["epoch"] == 2  # restored from the store: a new epoch
         again = seated[host.uuid]
         for index, event_id in zip(range(4, 9), ids, strict=True):
             await again.send_event("token/move", step(index, version=index), event_id=event_id)

@@ -176,11 +176,9 @@ class Room:
                                 last_activity=record.last_activity, epochs=record.epochs))
             return
         self.new_epoch = self._restore(record, now_ms)
-        if self.new_epoch or record.status != "active":
-            # Before any client sees an event, the store must know the room is live, and
-            # in which epoch: if this process then dies, the next restore finds it
-            # "active", knows that events it never committed may have been seen, and
-            # begins a new epoch (never one it has handed out before).
+        if self.new_epoch:
+            # Clients are about to be told the new epoch: it must be durable first, or
+            # another unclean stop would hand out the same epoch for different events.
             await self._until_live_is_durable()
 
     async def _until_live_is_durable(self) -> None:
@@ -193,7 +191,7 @@ class Room:
         recorded = await self.s.store.load_room(self.code)
         if (recorded is None or recorded.status != "active"
                 or tuple(recorded.epochs[-1:]) != tuple(self.epochs[-1:])):
-            raise LostWrites(f"the store did not record room {self.code} as live")
+            raise LostWrites(f"the store did not record room {self.code}'s new epoch")
         waited = trio.current_time() - began  # the host's grace starts when we serve
         if self.grace_deadline is not None:
             self.grace_deadline += waited
@@ -213,13 +211,17 @@ class Room:
         self.by_event_id = {e.event_id: _seen(e) for e in retained}
         self.gate = OutputGate(state.sequence)
         self.epochs = list(record.epochs) or [(1, 1)]
-        unclean = record.status == "active" and not self.flushed
+        # Unless this server flushed everything the room wrote before restarting it,
+        # clients may have seen events that were never committed (an unclean stop, or
+        # a kill after the room woke from hibernation in place and before the store
+        # heard of it), so sequence numbers from here on begin a new epoch. After a
+        # clean stop this costs nothing: every client's history is durable, and
+        # resumes from anywhere in it.
+        unclean = not self.flushed
         if unclean:
-            # The last owner stopped uncleanly: clients may have seen events that were
-            # never committed, so sequence numbers after this point begin a new epoch.
             self.epochs = [*self.epochs, (self.epochs[-1][0] + 1, state.sequence + 1)]
             self.epochs = self.epochs[-MAX_EPOCHS:]
-            log.info("room %s restored after an unclean stop (epoch %d)", self.code,
+            log.info("room %s restored from the store (epoch %d)", self.code,
                      self.epochs[-1][0])
         self._put_room("active", now_ms)
         self.last_seen = {member_id: record.last_seen.get(member_id, now_ms)
