@@ -143,12 +143,14 @@ class Config:
         "Chat messages kept in the room state.", _number(int, low=0, high=100_000))
     outbox_frames: int = setting(
         2048, "NEXUS_OUTBOX_FRAMES", "--outbox-frames",
-        "Frames queued to one client before it is closed as a slow consumer (keep it above "
-        "NEXUS_JOURNAL_RETAIN so a whole journal can be replayed on resume).",
+        "Frames offered to one client and not yet written to it before it is closed as a "
+        "slow consumer (keep it above NEXUS_JOURNAL_RETAIN so a whole journal can be "
+        "replayed on resume).",
         _number(int, low=8))
     outbox_bytes: int = setting(
         4 * 1024 * 1024, "NEXUS_OUTBOX_BYTES", "--outbox-bytes",
-        "Bytes queued to one client before it is closed as a slow consumer.",
+        "Bytes offered to one client and not yet written to it before it is closed as a "
+        "slow consumer.",
         _number(int, low=65536), "bytes")
     room_inbox: int = setting(
         1024, "NEXUS_ROOM_INBOX", "--room-inbox",

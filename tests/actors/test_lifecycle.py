@@ -434,6 +434,7 @@ async def test_room_stopped_after_repeated_crashes_first_hands_its_writes_to_the
             client = await server.resume(client, last_seen=client.last_sequence())
         server.store.pause()
         await client.send_event("scene/create", scene("s1"), event_id="s1")
+        await trio.testing.wait_all_tasks_blocked()  # the room has taken it in
         await server.running.crash_room(code)  # the fourth within 60 s, s1 not committed
         assert await client.wait_closed() == 1012
         await trio.sleep(1)

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 
@@ -570,11 +569,6 @@ async def test_member_that_stops_reading_during_a_burst_slows_nobody_and_resumes
         assert presence(host, slow.uuid) == ["session/disconnected", "session/connected"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Peer.queue counts every frame queued since the last flush against outbox_frames, and "
-    "the output gate releases a sender's own events and acks for a whole commit at once: "
-    "with a small (valid) outbox a member that reads promptly is closed as a slow "
-    "consumer by a burst it sent itself"))
 async def test_member_reading_promptly_is_not_a_slow_consumer_because_of_its_own_burst(
         autojump_clock: trio.testing.MockClock) -> None:
     """https://github.com/mrniko/netty-socketio/issues/218

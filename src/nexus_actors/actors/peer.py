@@ -59,6 +59,9 @@ class Peer:
         self._on_overflow = on_overflow
         self._queue: deque[Wire] = deque()
         self._queued_bytes = 0
+        self._fresh = 0
+        self._fresh_bytes = 0
+        "Frames (and bytes) queued since the last flush: not yet offered to the socket."
         self._wake = trio.Event()
         self.closing: CloseRequest | None = None
         "Set once a close was asked for; the writer sends ``final`` and the close frame."
@@ -88,21 +91,30 @@ class Peer:
     # Producer side (rooms, the connection's own reader) --------------------
 
     def queue(self, wire: Wire) -> bool:
-        """Queue a frame for the next :meth:`flush`. ``False``: dropped (closing or full)."""
+        """Queue a frame for the next :meth:`flush`. ``False``: dropped (closing or full).
+
+        Full means the client has not taken what was offered to it at earlier flushes:
+        frames queued since the last flush do not count, so a burst produced in one turn
+        (the acks and own events of one commit) never closes a client that reads.
+        """
         if self.closing is not None or self.closed:
             return False
-        if len(self._queue) >= self.max_frames or self._queued_bytes + len(wire) > self.max_bytes:
+        if (len(self._queue) - self._fresh >= self.max_frames
+                or self._queued_bytes - self._fresh_bytes > self.max_bytes):
             self._queue.clear()
-            self._queued_bytes = 0
+            self._queued_bytes = self._fresh = self._fresh_bytes = 0
             self._on_overflow(self)
             return False
         self._queue.append(wire)
         self._queued_bytes += len(wire)
+        self._fresh += 1
+        self._fresh_bytes += len(wire)
         return True
 
     def send(self, wire: Wire) -> bool:
         """Queue a frame and wake the writer."""
         if self.queue(wire):
+            self._fresh = self._fresh_bytes = 0  # offered at once
             self._wake.set()
             return True
         return False
@@ -117,6 +129,7 @@ class Peer:
 
     def flush(self) -> None:
         """Write what is queued now if the socket takes it, else hand it to the writer."""
+        self._fresh = self._fresh_bytes = 0  # from now on it counts against the limits
         if not self._queue or self.held:
             return
         if self._write_now is None or not self._write_now():
@@ -128,7 +141,7 @@ class Peer:
             return
         if discard_pending:
             self._queue.clear()
-            self._queued_bytes = 0
+            self._queued_bytes = self._fresh = self._fresh_bytes = 0
         self.closing = CloseRequest(code, reason, final)
         self._wake.set()
         if self._scope is not None:
@@ -157,7 +170,7 @@ class Peer:
             return []
         frames = list(self._queue)
         self._queue.clear()
-        self._queued_bytes = 0
+        self._queued_bytes = self._fresh = self._fresh_bytes = 0
         return frames
 
     @property
