@@ -179,9 +179,9 @@ class Room:
         if self.new_epoch:
             # Clients are about to be told the new epoch: it must be durable first, or
             # another unclean stop would hand out the same epoch for different events.
-            await self._until_live_is_durable()
+            await self._until_epoch_is_durable()
 
-    async def _until_live_is_durable(self) -> None:
+    async def _until_epoch_is_durable(self) -> None:
         began = trio.current_time()
         while self.backlog:
             await self.s.persist.send(self.backlog.popleft())
@@ -217,8 +217,8 @@ class Room:
         # heard of it), so sequence numbers from here on begin a new epoch. After a
         # clean stop this costs nothing: every client's history is durable, and
         # resumes from anywhere in it.
-        unclean = not self.flushed
-        if unclean:
+        begins_epoch = not self.flushed
+        if begins_epoch:
             self.epochs = [*self.epochs, (self.epochs[-1][0] + 1, state.sequence + 1)]
             self.epochs = self.epochs[-MAX_EPOCHS:]
             log.info("room %s restored from the store (epoch %d)", self.code,
@@ -238,7 +238,7 @@ class Room:
             hibernated = bool(record.journal) and record.journal[-1].name == "session/hibernated"
             self.grace_deadline = now if hibernated else now + self.config.host_grace
         self.idle_deadline = now + self.config.host_grace
-        return unclean
+        return begins_epoch
 
     # Loop ----------------------------------------------------------------
 
