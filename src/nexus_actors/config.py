@@ -234,6 +234,14 @@ class Config:
     log_level: str = setting(
         "info", "LOG_LEVEL", "--log-level", "Log level.",
         _choice("debug", "info", "warning", "error"))
+    log_format: str = setting(
+        "auto", "NEXUS_LOG_FORMAT", "--log-format",
+        "Log line format: human, json (one JSON object per line), or auto (human on a "
+        "terminal, json otherwise).", _choice("auto", "human", "json"))
+    metrics_auth_token: str | None = setting(
+        None, "METRICS_AUTH_TOKEN", "--metrics-auth-token",
+        "If set, GET /metrics requires 'Authorization: Bearer <token>'.",
+        _optional_text, secret=True)
 
     @classmethod
     def settings(cls) -> list[tuple[str, Setting, Any]]:

@@ -5,9 +5,7 @@ hurt the server."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
 
-import orjson
 import trio
 import trio.testing
 
@@ -15,51 +13,10 @@ from nexus_actors.errors import StoreError
 from nexus_actors.store.base import Write
 from nexus_actors.store.memory import MemoryStore
 from nexus_actors.testing import TestServer, open_server
+from nexus_actors.testing.http import exchange, get, parse, read_to_eof
 
 UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
-
-
-class Reply(NamedTuple):
-    status: int
-    headers: dict[str, str]
-    "Lower-cased names."
-    body: bytes
-
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-async def read_to_eof(stream: trio.abc.Stream) -> bytes:
-    chunks = []
-    with trio.fail_after(60):
-        while chunk := await stream.receive_some():
-            chunks.append(chunk)
-    await stream.aclose()
-    return b"".join(chunks)
-
-
-def parse(raw: bytes) -> Reply:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode().split("\r\n")
-    version, status, _ = status_line.split(" ", 2)
-    assert version == "HTTP/1.1"
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return Reply(int(status), headers, body)
-
-
-async def exchange(server: TestServer, request: bytes) -> bytes:
-    """Send ``request`` on a new connection; everything the server sent before closing."""
-    stream = server.listener.connect()
-    await stream.send_all(request)
-    return await read_to_eof(stream)
-
-
-async def get(server: TestServer, path: str) -> Reply:
-    return parse(await exchange(server, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()))
 
 
 async def assert_still_serving(server: TestServer) -> None:

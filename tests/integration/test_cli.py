@@ -139,3 +139,45 @@ async def test_settings_command_prints_the_markdown_table() -> None:
     assert [row.split(" | ")[0] for row in rows] == [
         f"| `{meta.env}`" for _, meta, _ in Config.settings()]
     assert "\n".join(lines) == settings_table()
+
+
+@pytest.mark.parametrize("log_format", ["json", "auto"])
+async def test_serve_with_json_logs_writes_only_json_lines_from_start_to_stop(
+        tmp_path: Path, log_format: str) -> None:
+    # "auto" is json here: stderr is a file, not a terminal.
+    import orjson
+
+    assert SCRIPT.exists(), f"console script not installed at {SCRIPT}"
+    log = tmp_path / "stderr.log"
+    port = free_port()
+    env = server_environment(NEXUS_LOG_FORMAT=log_format, DATABASE_URL="memory",
+                             PORT=str(port), NEXUS_HOST="127.0.0.1", LOG_LEVEL="info")
+    with log.open("wb") as stderr:
+        process = await trio.lowlevel.open_process(
+            [str(SCRIPT), "serve"], env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            with trio.fail_after(START_TIMEOUT):
+                while await health_status(port) != 200:
+                    if process.poll() is not None:
+                        pytest.fail(f"server exited: {await trio.Path(log).read_text()}")
+                    await trio.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(DRAIN_TIMEOUT + EXIT_MARGIN):
+                assert await process.wait() == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+    text = await trio.Path(log).read_text(encoding="utf-8")
+    lines = [orjson.loads(line) for line in text.splitlines()]
+    assert lines, "nothing was logged"
+    assert all(isinstance(line, dict) for line in lines), text
+    assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines), text
+    messages = [line["message"] for line in lines]
+    assert messages[0].startswith("nexus-actors "), messages
+    assert "starting" in messages[0], messages
+    assert f"listening on 127.0.0.1:{port}" in messages, messages
+    assert "received SIGTERM; draining" in messages, messages
+    assert messages[-1] == "stopped", messages

@@ -551,8 +551,11 @@ async def test_room_stats_counts_rooms_by_status_and_connected_players(
         await store.commit([
             PutPresence(code="AAAA", member_id="ana", connected=False, at=now_ms()),
             room("CCCC", status="hibernating")])
+        read = await store.room_stats()  # what /api/stats and /metrics show
     stats = await rows(database_url, "SELECT status, room_count, total_players FROM room_stats")
     assert sorted(stats) == [("active", 2, 3), ("hibernating", 1, 2)]
+    assert [(s.status, s.rooms, s.players_connected) for s in read] == sorted(stats)
+    assert all(s.avg_age_seconds is not None and s.avg_age_seconds >= 0 for s in read)
 
 
 async def test_journaling_an_event_marks_the_room_active_now(database_url: str) -> None:

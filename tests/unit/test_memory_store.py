@@ -8,7 +8,7 @@ import trio.testing
 
 from nexus_actors.errors import StoreError
 from nexus_actors.room.events import Event
-from nexus_actors.store import AppendEvent, MemoryStore, PutRoom, PutSnapshot, Write
+from nexus_actors.store import AppendEvent, MemoryStore, PutPresence, PutRoom, PutSnapshot, Write
 from nexus_actors.store.base import RoomStatus
 
 CODE = "K7PX"
@@ -283,3 +283,16 @@ async def test_delete_abandoned_removes_only_rooms_abandoned_before_the_cutoff()
     ])
     assert await store.delete_abandoned(200) == 1
     assert sorted(store.codes()) == ["BBBB", "CCCC"]
+
+
+async def test_room_stats_count_rooms_by_status_and_connected_seats() -> None:
+    store = MemoryStore()
+    await store.commit([put_room("AAAA", created=True), put_room("BBBB", created=True),
+                        PutPresence(code="AAAA", member_id="m1", connected=True, at=1),
+                        PutPresence(code="AAAA", member_id="m2", connected=True, at=1),
+                        PutPresence(code="BBBB", member_id="m3", connected=True, at=1)])
+    await store.commit([PutPresence(code="AAAA", member_id="m2", connected=False, at=2),
+                        put_room("BBBB", status="hibernating")])
+    stats = await store.room_stats()
+    assert [(s.status, s.rooms, s.players_connected) for s in stats] == [
+        ("active", 1, 1), ("hibernating", 1, 1)]

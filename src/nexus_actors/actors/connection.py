@@ -40,6 +40,7 @@ from websockets.server import ServerProtocol
 from ..config import Config
 from ..deps import Deps
 from ..errors import Code, FrameError
+from ..metrics import Metrics
 from ..protocol import inbound, outbound
 from ..protocol.connect import CreateRoom, OpenRequest
 from ..protocol.http import HttpReply
@@ -120,13 +121,16 @@ class Handshake:
     def address(self) -> str:
         return _address(self.stream)
 
+    def header(self, name: str) -> str | None:
+        return self.request.headers.get(name)
+
     async def respond(self, reply: HttpReply) -> None:
         """Answer a plain HTTP request with JSON and end the stream."""
-        payload = orjson.dumps(reply.body)
+        payload = reply.body if isinstance(reply.body, bytes) else orjson.dumps(reply.body)
         headers = Headers([
             ("Date", email.utils.formatdate(usegmt=True)),
             ("Connection", "close"),
-            ("Content-Type", "application/json"),
+            ("Content-Type", reply.content_type),
             ("Content-Length", str(len(payload))),
             ("Cache-Control", "no-store"),
         ])
@@ -344,9 +348,11 @@ class Connection:
         for raw in messages:
             now = trio.current_time()
             if not self.bucket.take(now):
+                self._count_in("rate-limited")
                 self._rate_limited(now)
                 continue
             if raw is None:
+                self._count_in("binary")
                 self.peer.send(outbound.error(
                     Code.BINARY_FRAME, "binary frames are not part of protocol v1",
                     self.deps.wall_ms()))
@@ -354,9 +360,12 @@ class Connection:
             try:
                 message = inbound.decode(raw)
             except FrameError as exc:
+                self._count_in("malformed")
                 self.peer.send(outbound.error(exc.code, exc.message, self.deps.wall_ms(),
                                               event_id=exc.event_id))
                 continue
+            self._count_in("heartbeat" if isinstance(message, inbound.Heartbeat)
+                           else message.name)
             if isinstance(message, inbound.Heartbeat):
                 self.peer.send(outbound.heartbeat_pong(message.id, self.deps.wall_ms()))
                 continue
@@ -367,6 +376,10 @@ class Connection:
                     await self._to_room(CursorsPending())
                 continue
             await self._to_room(Inbound(peer_id=self.peer.id, frame=message))
+
+    def _count_in(self, kind: str) -> None:
+        if self.peer.metrics is not None:
+            self.peer.metrics.frames_in[kind] += 1
 
     def _rate_limited(self, now: float) -> None:
         """Drop a message over the rate: tell the client (at most once a second); close floods."""
@@ -433,7 +446,10 @@ class Connection:
                 log.info("connection %s missed its pong; closing", self.peer.id)
                 self.peer.abort()
                 return
-            latency_ms = (trio.current_time() - sent) * 1000
+            rtt = trio.current_time() - sent
+            latency_ms = rtt * 1000
+            if self.peer.metrics is not None:
+                self.peer.metrics.rtt.observe(rtt)
             self.peer.send(outbound.ping(latency_ms, self.deps.wall_ms()))
 
 
@@ -530,7 +546,8 @@ def _detach(room: trio.MemorySendChannel[RoomMsg], peer: Peer) -> None:
     room.close()
 
 
-def peer_factory(config: Config, deps: Deps) -> Callable[[int, str], Peer]:
+def peer_factory(config: Config, deps: Deps,
+                 metrics: Metrics | None = None) -> Callable[[int, str], Peer]:
     """Peers whose overflow closes them as slow consumers with a backoff hint."""
 
     def on_overflow(peer: Peer) -> None:
@@ -542,6 +559,6 @@ def peer_factory(config: Config, deps: Deps) -> Callable[[int, str], Peer]:
 
     def make(peer_id: int, address: str) -> Peer:
         return Peer(peer_id, address, max_frames=config.outbox_frames,
-                    max_bytes=config.outbox_bytes, on_overflow=on_overflow)
+                    max_bytes=config.outbox_bytes, on_overflow=on_overflow, metrics=metrics)
 
     return make

@@ -1,35 +1,44 @@
 """The listener: accepts TCP streams and routes each to an HTTP answer or a WebSocket.
 
 One port serves everything: ``/ws`` upgrades to a WebSocket (run by the
-connection actor); ``/health`` and ``/ready`` answer JSON. The request is read
+connection actor); ``/health``, ``/ready`` and ``/api/stats`` answer JSON and
+``/metrics`` the Prometheus exposition. The request is read
 (by the connection layer's :class:`Handshake`) under ``handshake_timeout``;
 this module only routes.
 """
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import logging
+import resource
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import attrs
 import trio
 
+from .. import metrics
 from ..config import Config
 from ..deps import Deps
-from ..errors import Code, Refusal
+from ..errors import Code, Refusal, StoreError
+from ..metrics import Metrics
 from ..protocol.connect import OpenRequest, parse_connect
 from ..protocol.http import HttpReply
+from ..store.base import RoomStats, Store
 from . import peer as close
 from .connection import Handshake, peer_factory, run_connection
 from .health import Health
 from .messages import Refused, RegistryMsg
 from .peer import Peer
+from .services import Services
 
 log = logging.getLogger("nexus_actors.listener")
 
 WEBSOCKET_PATH = "/ws"
+STATS_TIMEOUT = 1.0
+"Seconds /metrics and /api/stats wait for the store's room counts."
 
 
 @attrs.define(kw_only=True)
@@ -40,6 +49,8 @@ class Listener:
     deps: Deps
     health: Health
     registry: trio.MemorySendChannel[RegistryMsg]
+    store: Store
+    metrics: Metrics
     make_peer: Callable[[int, str], Peer]
     ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
     open_connections: int = 0
@@ -52,10 +63,11 @@ class Listener:
             await self._all_closed.wait()
 
     @classmethod
-    def create(cls, config: Config, deps: Deps, health: Health,
-               registry: trio.MemorySendChannel[RegistryMsg]) -> Listener:
-        return cls(config=config, deps=deps, health=health, registry=registry,
-                   make_peer=peer_factory(config, deps))
+    def create(cls, services: Services) -> Listener:
+        s = services
+        return cls(config=s.config, deps=s.deps, health=s.health, registry=s.registry,
+                   store=s.store, metrics=s.metrics,
+                   make_peer=peer_factory(s.config, s.deps, s.metrics))
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one accepted stream to the end."""
@@ -68,6 +80,11 @@ class Listener:
             path = urlsplit(handshake.target).path
             if path == WEBSOCKET_PATH:
                 await self._websocket(handshake)
+            elif path == "/metrics" and handshake.method in ("GET", "HEAD"):
+                await handshake.respond(await self.metrics_reply(
+                    handshake.header("Authorization")))
+            elif path == "/api/stats" and handshake.method in ("GET", "HEAD"):
+                await handshake.respond(await self.stats_reply())
             else:
                 await handshake.respond(self.route(handshake.method, path))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -113,3 +130,56 @@ class Listener:
             return HttpReply(status=503, body={"ready": False,
                                                "reasons": self.health.why_not_ready()})
         return HttpReply(status=404, body={"error": "not found", "path": path[:200]})
+
+    async def metrics_reply(self, authorization: str | None) -> HttpReply:
+        """The Prometheus exposition (behind ``METRICS_AUTH_TOKEN`` when it is set)."""
+        token = self.config.metrics_auth_token
+        if token is not None:
+            given = (authorization or "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return HttpReply(status=401, body={"error": "unauthorized"},
+                                 headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        self.metrics.room_status = {s.status: s.rooms for s in await self._room_stats() or []}
+        return HttpReply(status=200, body=self.metrics.exposition(),
+                         content_type=metrics.CONTENT_TYPE)
+
+    async def stats_reply(self) -> HttpReply:
+        """The seed's operator stats: rooms and players from the store, this process."""
+        stats = await self._room_stats()
+        process = {"liveRooms": self.metrics.rooms_live,
+                   "connections": self.open_connections,
+                   "membersConnected": self.metrics.members_connected,
+                   "memory": _memory(),
+                   "uptime": round(trio.current_time() - self.health.started_at, 3)}
+        if stats is None:
+            return HttpReply(status=503, body={"error": "store unavailable", **process})
+        by_status = {s.status: s for s in stats}
+        return HttpReply(status=200, body={
+            "activeRooms": by_status["active"].rooms if "active" in by_status else 0,
+            "hibernatingRooms": (by_status["hibernating"].rooms
+                                 if "hibernating" in by_status else 0),
+            "totalPlayers": sum(s.players_connected for s in stats),
+            "roomStatsByStatus": [{"status": s.status, "roomCount": s.rooms,
+                                   "avgAgeSeconds": s.avg_age_seconds,
+                                   "totalPlayers": s.players_connected} for s in stats],
+            **process})
+
+    async def _room_stats(self) -> list[RoomStats] | None:
+        """The store's room counts, or ``None`` if it does not answer within a second."""
+        with trio.move_on_after(STATS_TIMEOUT):
+            try:
+                return await self.store.room_stats()
+            except StoreError:
+                return None
+        return None
+
+
+def _memory() -> dict[str, int | None]:
+    """Resident and peak resident memory of this process, in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            resident = int(statm.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        resident = None
+    return {"rssBytes": resident, "maxRssBytes": peak}

@@ -17,11 +17,12 @@ bounded.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import attrs
 import trio
 
+from ..metrics import Metrics
 from ..protocol.wire import Wire
 
 # WebSocket close codes (RFC 6455 and the 4000-4999 private range).
@@ -51,9 +52,10 @@ class Peer:
     """One client connection as rooms and the registry see it."""
 
     def __init__(self, peer_id: int, address: str, *, max_frames: int, max_bytes: int,
-                 on_overflow: Callable[[Peer], None]) -> None:
+                 on_overflow: Callable[[Peer], None], metrics: Metrics | None = None) -> None:
         self.id = peer_id
         self.address = address
+        self.metrics = metrics
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self._on_overflow = on_overflow
@@ -143,6 +145,7 @@ class Peer:
             self._queue.clear()
             self._queued_bytes = self._fresh = self._fresh_bytes = 0
         self.closing = CloseRequest(code, reason, final)
+        self._count(final)
         self._wake.set()
         if self._scope is not None:
             self._scope.deadline = min(self._scope.deadline,
@@ -171,7 +174,19 @@ class Peer:
         frames = list(self._queue)
         self._queue.clear()
         self._queued_bytes = self._fresh = self._fresh_bytes = 0
+        self._count(frames)
         return frames
+
+    def _count(self, frames: Iterable[Wire]) -> None:
+        metrics = self.metrics
+        if metrics is None:
+            return
+        out = metrics.frames_out
+        for wire in frames:
+            kind = wire.kind
+            out[kind] += 1
+            if wire.label:
+                (metrics.errors if kind == "error" else metrics.backoffs)[wire.label] += 1
 
     @property
     def queued(self) -> int:

@@ -28,6 +28,7 @@ import trio
 
 from ..config import Config
 from ..errors import StoreError, StoreRejected
+from ..metrics import Metrics
 from ..store.base import Store, Write
 from .health import Health
 from .messages import Committed, RoomMsg, WritesRejected
@@ -61,7 +62,8 @@ PING_INTERVAL = 5.0
 "Seconds without a commit after which the store is pinged, so /ready notices an outage."
 
 
-def _failed(health: Health, exc: StoreError) -> None:
+def _failed(health: Health, metrics: Metrics, exc: StoreError) -> None:
+    metrics.store_errors += 1
     if health.store_ok:
         health.store_ok = False
         health.outage_since = trio.current_time()
@@ -69,37 +71,45 @@ def _failed(health: Health, exc: StoreError) -> None:
     health.store_error = exc.message
 
 
-def _recovered(health: Health) -> None:
+def _recovered(health: Health, metrics: Metrics) -> None:
     if not health.store_ok:
         since = health.outage_since or trio.current_time()
-        log.warning("store outage ended after %.1fs", trio.current_time() - since)
+        lasted = trio.current_time() - since
+        metrics.outage_seconds += lasted
+        log.warning("store outage ended after %.1fs", lasted)
         health.store_ok = True
         health.store_error = None
         health.outage_since = None
 
 
-async def _commit_with_retry(store: Store, writes: Sequence[Write], health: Health) -> None:
+async def _commit_with_retry(store: Store, writes: Sequence[Write], health: Health,
+                             metrics: Metrics) -> None:
     """Commit, retrying while the store is unreachable; :class:`StoreRejected` goes up."""
     delay = RETRY_FIRST
+    began = trio.current_time()
     while True:
         try:
             await store.commit(writes)
         except StoreRejected:
-            _recovered(health)  # it answered
+            _recovered(health, metrics)  # it answered
             raise
         except StoreError as exc:
-            _failed(health, exc)
+            _failed(health, metrics, exc)
             await trio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
             continue
-        _recovered(health)
+        _recovered(health, metrics)
+        metrics.commits += 1
+        metrics.batch_size.observe(len(writes))
+        metrics.commit_seconds.observe(trio.current_time() - began)
         return
 
 
-async def _commit(store: Store, intents: list[Intent], health: Health) -> set[object]:
+async def _commit(store: Store, intents: list[Intent], health: Health,
+                  metrics: Metrics) -> set[object]:
     """Commit ``intents``; the owners whose writes the store refused (their writes lost)."""
     try:
-        await _commit_with_retry(store, [i.write for i in intents], health)
+        await _commit_with_retry(store, [i.write for i in intents], health, metrics)
         return set()
     except StoreRejected as exc:
         log.error("the store refused a batch of %d writes (%s); committing it room by room",
@@ -113,7 +123,7 @@ async def _commit(store: Store, intents: list[Intent], health: Health) -> set[ob
     refused: set[object] = set()
     for key, group in groups.items():
         try:
-            await _commit_with_retry(store, [i.write for i in group], health)
+            await _commit_with_retry(store, [i.write for i in group], health, metrics)
         except StoreRejected as exc:
             owner = owners[key]
             code = group[0].write.code
@@ -124,13 +134,13 @@ async def _commit(store: Store, intents: list[Intent], health: Health) -> set[ob
     return refused
 
 
-async def _ping(store: Store, health: Health) -> None:
+async def _ping(store: Store, health: Health, metrics: Metrics) -> None:
     try:
         await store.ping()
     except StoreError as exc:
-        _failed(health, exc)
+        _failed(health, metrics, exc)
     else:
-        _recovered(health)
+        _recovered(health, metrics)
 
 
 async def run_persistence(
@@ -138,6 +148,7 @@ async def run_persistence(
     inbox: trio.MemoryReceiveChannel[PersistMsg],
     config: Config,
     health: Health,
+    metrics: Metrics,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -164,7 +175,7 @@ async def run_persistence(
                 await trio.sleep(config.persist_flush_interval or 0.001)
                 continue
             if not batch and not unsent:
-                await _ping(store, health)  # idle: is the store still there?
+                await _ping(store, health, metrics)  # idle: is the store still there?
             _notify(unsent)
             if not batch:
                 continue
@@ -172,7 +183,7 @@ async def run_persistence(
             intents = [m for m in batch if isinstance(m, Intent)
                        and (m.owner is None or m.owner not in refused)]
             if intents:
-                for owner in await _commit(store, intents, health):
+                for owner in await _commit(store, intents, health, metrics):
                     refused.add(owner)
             for m in batch:
                 if not isinstance(m, Intent):

@@ -180,6 +180,7 @@ async def run_registry(services: Services, inbox: trio.MemoryReceiveChannel[Regi
                         m.reply.send_nowait(info)
                     except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
+                services.metrics.rooms_live = len(rooms)
             nursery.cancel_scope.cancel()
 
 

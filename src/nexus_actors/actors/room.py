@@ -174,6 +174,8 @@ class Room:
                 and now_ms - record.last_activity > self.config.hibernation_timeout * 1000):
             self._write(PutRoom(code=self.code, status="abandoned",
                                 last_activity=record.last_activity, epochs=record.epochs))
+            log.info("room %s abandoned: it hibernated longer than the reconnect window",
+                     self.code)
             return
         self.new_epoch = self._restore(record, now_ms)
         if self.new_epoch:
@@ -251,22 +253,29 @@ class Room:
             return
         if self.state is None:
             self.idle_deadline = trio.current_time()
-        while not self.done:
-            with trio.move_on_at(self._next_deadline()):
-                message = await inbox.receive()
-                self.handle(message)
-                for _ in range(BATCH):
-                    if self._stopped():
-                        break
-                    try:
-                        message = inbox.receive_nowait()
-                    except trio.WouldBlock:
-                        break
+        metrics = self.s.metrics
+        counted = 0
+        try:
+            while not self.done:
+                with trio.move_on_at(self._next_deadline()):
+                    message = await inbox.receive()
                     self.handle(message)
-            if not self._stopped():
-                self.on_time(trio.current_time())
-            for peer in self.members.values():
-                peer.flush()
+                    for _ in range(BATCH):
+                        if self._stopped():
+                            break
+                        try:
+                            message = inbox.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        self.handle(message)
+                if not self._stopped():
+                    self.on_time(trio.current_time())
+                for peer in self.members.values():
+                    peer.flush()
+                metrics.members_connected += len(self.members) - counted
+                counted = len(self.members)
+        finally:
+            metrics.members_connected -= counted
 
     def _stopped(self) -> bool:
         return self.done
@@ -380,10 +389,13 @@ class Room:
                                          self._now_ms()))
             if not self._seat(a, member_id):
                 return
-            self._welcome(a.peer, "session/reconnected", member_id, request.token,
-                          resume=resume_point(
-                              request.last_seen, request.epoch, sequence=state.sequence,
-                              epochs=self.epochs, first_retained=self._first_retained()))
+            replayed = self._welcome(
+                a.peer, "session/reconnected", member_id, request.token,
+                resume=resume_point(request.last_seen, request.epoch, sequence=state.sequence,
+                                    epochs=self.epochs, first_retained=self._first_retained()))
+            metrics = self.s.metrics
+            metrics.resumes["baseline" if replayed is None else "replay"] += 1
+            metrics.replayed_events += replayed or 0
             if not was_connected:
                 self._broadcast(self._notice("session/connected", {"uuid": member_id}),
                                 exclude=member_id)
@@ -433,6 +445,7 @@ class Room:
         self.last_seen[member_id] = now_ms
         self._record(PutPresence(code=self.code, member_id=member_id, connected=True, at=now_ms))
         kind = "resume" if isinstance(a.request, ResumeSeat) else "connect"
+        self.s.metrics.sessions[kind] += 1
         self._record(LogConnection(code=self.code, user_id=member_id, kind=kind, at=now_ms,
                                    metadata={"address": peer.address}))
         return True
@@ -452,7 +465,9 @@ class Room:
             pass
 
     def _welcome(self, peer: Peer, name: str, member_id: str, token: str,
-                 resume: int | None) -> None:
+                 resume: int | None) -> int | None:
+        """Send the session frame, the event-cursor and the replay after ``resume``; the
+        number of events replayed (``None``: a baseline instead)."""
         state = self.state_()
         data = {
             "name": name, "roomCode": self.code, "uuid": member_id, "token": token,
@@ -485,6 +500,7 @@ class Room:
         baseline = self.cursors.baseline(member_id, now_ms)
         if baseline is not None:
             peer.queue(baseline)
+        return None if resume is None else len(replay)
 
     def _players(self) -> list[dict[str, Any]]:
         state = self.state_()
@@ -587,6 +603,7 @@ class Room:
                 peer.queue(outbound.error(Code.INVALID, "eventId is already used",
                                           self._now_ms(), event_id=event_id))
                 return
+            self.s.metrics.duplicates += 1
             self._acknowledge(member_id, prior, prior[0], duplicate=True)
             return
         if not self._persist_has_room(3):
@@ -635,6 +652,7 @@ class Room:
                     self.sweep_deadline = None
 
     def _reject(self, peer: Peer, frame: msg.EventFrame, rejection: Rejection) -> None:
+        self.s.metrics.rejections[str(rejection.code)] += 1
         payload = frame.payload
         assert not isinstance(payload, msg.CursorUpdate)
         update_id = ev.update_id_of(payload)
@@ -670,14 +688,22 @@ class Room:
             self._snapshot()
         elif self.snapshot_deadline is None:
             self.snapshot_deadline = trio.current_time() + self.config.snapshot_interval
+        self.s.metrics.durable_events += 1
         if event.name == "session/host-migrated":
+            self.s.metrics.host_migrations["manual" if event.data["manual"] else "auto"] += 1
+            if event.data["manual"]:
+                log.info("room %s: host %s handed the table to %s", self.code,
+                         event.data["previousHostId"], event.data["newHostId"])
             self._record(LogConnection(code=self.code, user_id=event.data["newHostId"],
                                        kind="host-migrated", at=event.timestamp,
                                        metadata={"previous": event.data["previousHostId"],
                                                  "manual": event.data["manual"]}))
+        recipients = 0
         for member_id, peer in self.members.items():
             if member_id != gate and self.seen_through.get(member_id, 0) < event.sequence:
                 peer.queue(wire)
+                recipients += 1
+        self._count_broadcast(recipients)
         if gate is not None:
             self.gate.own_event(gate, event.sequence, wire)
         return event
@@ -729,6 +755,7 @@ class Room:
         if not self.cursors.pending:
             return
         self.cursor_flushed = trio.current_time()
+        self.s.metrics.cursor_ticks += 1
         for member_id, wire in self.cursors.flush(list(self.members), self._now_ms()):
             self.members[member_id].queue(wire)
 
@@ -886,6 +913,14 @@ class Room:
         return encode("event", {"name": name, **data}, self._now_ms())
 
     def _broadcast(self, wire: Wire, exclude: str | None = None) -> None:
+        recipients = 0
         for member_id, peer in self.members.items():
             if member_id != exclude:
                 peer.queue(wire)
+                recipients += 1
+        self._count_broadcast(recipients)
+
+    def _count_broadcast(self, recipients: int) -> None:
+        metrics = self.s.metrics
+        metrics.broadcasts += 1
+        metrics.broadcast_recipients += recipients

@@ -47,6 +47,7 @@ async def run_room(services: Services, code: str, generation: int,
                 lost = False
                 try:
                     await room.run(inbox)
+                    log.info("room %s stopped", code)
                     return
                 except LostWrites as exc:
                     log.error("room %s: %s; restarting it from the store", code, exc)

@@ -7,6 +7,7 @@ import trio
 
 from ..config import Config
 from ..deps import Deps
+from ..metrics import Metrics
 from ..store.base import Store
 from .health import Health
 from .messages import RegistryMsg
@@ -23,3 +24,4 @@ class Services:
     "The persistence actor's mailbox (rooms use ``send_nowait``)."
     registry: trio.MemorySendChannel[RegistryMsg]
     "The registry's mailbox."
+    metrics: Metrics

@@ -16,6 +16,7 @@ import trio
 
 from ..config import Config
 from ..deps import Deps
+from ..metrics import Metrics
 from ..store.base import Store
 from ..store.memory import MemoryStore
 from .health import Health
@@ -107,16 +108,18 @@ async def serve(
     health = Health(started_at=trio.current_time())
     persist_send, persist_receive = trio.open_memory_channel[PersistMsg](config.persist_queue)
     registry_send, registry_receive = trio.open_memory_channel[RegistryMsg](REGISTRY_INBOX)
+    metrics = Metrics()
     services = Services(config=config, deps=deps, store=store, health=health,
-                        persist=persist_send, registry=registry_send)
-    listener = Listener.create(config, deps, health, registry_send)
+                        persist=persist_send, registry=registry_send, metrics=metrics)
+    listener = Listener.create(services)
+    _observe(metrics, health, listener, persist_send)
     if listeners is None:
         listeners = list(await trio.open_tcp_listeners(config.port, host=config.host))
     stop = trio.Event()
     server = Server(config=config, health=health, store=store, listeners=listeners,
                     listener=listener, registry=registry_send, persist=persist_send, stop=stop)
     async with trio.open_nursery() as root:
-        await root.start(run_persistence, store, persist_receive, config, health)
+        await root.start(run_persistence, store, persist_receive, config, health, metrics)
         await root.start(run_registry, services, registry_receive)
         await root.start(run_janitor, services)
         accepting = trio.CancelScope()
@@ -131,6 +134,23 @@ async def serve(
         await _drain(server, accepting, registry_send, persist_send, listener)
         root.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _observe(metrics: Metrics, health: Health, listener: Listener,
+             persist: trio.MemorySendChannel[PersistMsg]) -> None:
+    """Gauges read at each scrape from the objects that own the values."""
+    metrics.gauge("connections_open", "WebSocket connections being served.",
+                  lambda: listener.open_connections)
+    metrics.gauge("persist_queue_depth", "Writes waiting for the persistence actor.",
+                  lambda: persist.statistics().current_buffer_used)
+    metrics.gauge("store_up", "1 while the store answers, 0 during an outage.",
+                  lambda: 1 if health.store_ok else 0)
+    metrics.gauge("store_outage_current_seconds", "Seconds the current outage has lasted.",
+                  lambda: (trio.current_time() - health.outage_since
+                           if health.outage_since is not None else 0.0))
+    metrics.gauge("draining", "1 while the server drains.", lambda: 1 if health.draining else 0)
+    metrics.gauge("uptime_seconds", "Seconds since the server started.",
+                  lambda: trio.current_time() - health.started_at)
 
 
 async def _trigger(trigger: Callable[[], Awaitable[None]], stop: trio.Event) -> None:
@@ -157,6 +177,7 @@ async def _drain(server: Server, accepting: trio.CancelScope,
     config = server.config
     server.health.draining = True
     log.info("draining: %d connections", listener.open_connections)
+    began = trio.current_time()
     with trio.move_on_after(config.drain_timeout) as deadline:
         accepting.cancel()
         rooms_done = trio.Event()
@@ -169,3 +190,5 @@ async def _drain(server: Server, accepting: trio.CancelScope,
             await listener.wait_all_closed()
     if deadline.cancelled_caught:
         log.warning("drain did not finish within %.1fs; exiting anyway", config.drain_timeout)
+    else:
+        log.info("drained in %.1fs", trio.current_time() - began)

@@ -13,6 +13,7 @@ class HttpReply:
 
     status: int
     body: Any
-    "Encoded as JSON."
+    "Encoded as JSON, unless it is ``bytes`` (sent as it is, with ``content_type``)."
     headers: dict[str, str] = attrs.Factory(dict)
+    content_type: str = "application/json"
     "Extra headers (``Allow``, CORS, ...)."

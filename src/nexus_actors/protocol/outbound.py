@@ -28,11 +28,15 @@ def error(code: Code, message: str, timestamp: int, *, event_id: str | None = No
     if event_id is not None:
         data["eventId"] = event_id
     data.update(detail)
-    return encode("error", data, timestamp)
+    wire = encode("error", data, timestamp)
+    wire.label = data["code"]
+    return wire
 
 
 def backoff(reason: str, retry_after_ms: int, timestamp: int) -> Wire:
-    return encode("backoff", {"retryAfterMs": retry_after_ms, "reason": reason}, timestamp)
+    wire = encode("backoff", {"retryAfterMs": retry_after_ms, "reason": reason}, timestamp)
+    wire.label = reason
+    return wire
 
 
 def jitter(base_ms: int, rng: random.Random) -> int:

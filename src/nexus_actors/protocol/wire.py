@@ -29,13 +29,15 @@ def text_frame_header(length: int) -> bytes:
 class Wire:
     """One encoded server frame: its JSON ``payload`` and, lazily, its WebSocket ``frame``."""
 
-    __slots__ = ("_frame", "kind", "payload")
+    __slots__ = ("_frame", "kind", "label", "payload")
 
-    def __init__(self, payload: bytes, kind: str = "") -> None:
+    def __init__(self, payload: bytes, kind: str = "", label: str = "") -> None:
         self.payload = payload
         "UTF-8 JSON text of the frame."
         self.kind = kind
         "The frame's ``type`` (for logs and metrics)."
+        self.label = label
+        "An ``error``'s code or a ``backoff``'s reason (for metrics)."
         self._frame: bytes | None = None
 
     @property

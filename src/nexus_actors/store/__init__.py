@@ -7,6 +7,7 @@ from .base import (
     PutRoom as PutRoom,
     PutSnapshot as PutSnapshot,
     RoomRecord as RoomRecord,
+    RoomStats as RoomStats,
     Store as Store,
     Write as Write,
 )

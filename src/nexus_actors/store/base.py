@@ -91,6 +91,17 @@ class RoomRecord:
     "When each seat was last seen connected (wall-clock ms), where known."
 
 
+@attrs.frozen(kw_only=True)
+class RoomStats:
+    """One row of the ``room_stats`` view: rooms of one status."""
+
+    status: RoomStatus
+    rooms: int
+    avg_age_seconds: float | None
+    "Mean time since creation (``None`` where the store does not know it)."
+    players_connected: int
+
+
 class Store(Protocol):
     """Durable storage for rooms. Implementations must make ``commit`` atomic."""
 
@@ -122,6 +133,10 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise ``StoreError`` if the store cannot be reached."""
+        ...
+
+    async def room_stats(self) -> list[RoomStats]:
+        """Rooms by status, with their connected players (for operators)."""
         ...
 
     async def aclose(self) -> None: ...

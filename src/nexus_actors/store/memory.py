@@ -24,6 +24,7 @@ from .base import (
     PutPresence,
     PutRoom,
     RoomRecord,
+    RoomStats,
     RoomStatus,
     Write,
 )
@@ -38,6 +39,7 @@ class _Row:
     snapshot: bytes | None = None
     snapshot_sequence: int = 0
     last_seen: dict[str, int] = attrs.Factory(dict)
+    connected: set[str] = attrs.Factory(set)
     journal: deque[tuple[int, str, bytes]] = attrs.Factory(deque)
     "``(serverSequence, eventId, JSON)``: stored serialized, as a database would."
     event_ids: set[str] = attrs.Factory(set)
@@ -199,6 +201,10 @@ class MemoryStore:
             elif isinstance(write, PutPresence):
                 assert row is not None
                 row.last_seen[write.member_id] = write.at
+                if write.connected:
+                    row.connected.add(write.member_id)
+                else:
+                    row.connected.discard(write.member_id)
             else:
                 assert row is not None
                 row.snapshot = write.snapshot
@@ -253,6 +259,15 @@ class MemoryStore:
     def last_seen(self, code: str) -> dict[str, int]:
         row = self._rooms.get(code)
         return dict(row.last_seen) if row else {}
+
+    async def room_stats(self) -> list[RoomStats]:
+        await self._gate()
+        rooms: dict[RoomStatus, list[_Row]] = {}
+        for row in self._rooms.values():
+            rooms.setdefault(row.status, []).append(row)
+        return [RoomStats(status=status, rooms=len(rows), avg_age_seconds=None,
+                          players_connected=sum(len(r.connected) for r in rows))
+                for status, rows in sorted(rooms.items())]
 
     def status(self, code: str) -> RoomStatus | None:
         row = self._rooms.get(code)

@@ -34,6 +34,7 @@ from .base import (
     PutRoom,
     PutSnapshot,
     RoomRecord,
+    RoomStats,
     RoomStatus,
     Write,
 )
@@ -168,6 +169,17 @@ class PostgresStore:
                     "DELETE FROM rooms WHERE status = 'abandoned'"
                     " AND last_activity < to_timestamp(%s / 1000.0)", (before,))
             return cursor.rowcount
+
+        return await self._run(run)
+
+    async def room_stats(self) -> list[RoomStats]:
+        def run(conn: psycopg.Connection[Any]) -> list[RoomStats]:
+            rows = conn.execute(
+                "SELECT status, room_count, avg_age_seconds, total_players FROM room_stats"
+                " ORDER BY status").fetchall()
+            return [RoomStats(status=row[0], rooms=int(row[1]),
+                              avg_age_seconds=None if row[2] is None else float(row[2]),
+                              players_connected=int(row[3])) for row in rows]
 
         return await self._run(run)
 
