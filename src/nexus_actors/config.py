@@ -80,6 +80,16 @@ def _optional_text(text: str) -> str | None:
     return text or None
 
 
+def _origins(text: str) -> frozenset[str] | None:
+    """Comma-separated origins (``scheme://host[:port]``); empty: any origin."""
+    origins = frozenset(o.strip().rstrip("/").lower() for o in text.split(",") if o.strip())
+    for origin in origins:
+        scheme, _, rest = origin.partition("://")
+        if origin != "*" and (scheme not in ("http", "https") or not rest or "/" in rest):
+            raise ValueError(f"{origin!r} is not an origin like https://table.example.com")
+    return origins or None
+
+
 def setting(default: Any, env: str, flag: str, help: str, parse: Callable[[str], Any],
             unit: str = "", *, secret: bool = False) -> Any:
     return attrs.field(default=default, repr=not secret,
@@ -234,6 +244,11 @@ class Config:
     log_level: str = setting(
         "info", "LOG_LEVEL", "--log-level", "Log level.",
         _choice("debug", "info", "warning", "error"))
+    cors_origin: frozenset[str] | None = setting(
+        None, "CORS_ORIGIN", "--cors-origin",
+        "Origins allowed to open a WebSocket from a browser and to read the HTTP routes, "
+        "comma-separated (e.g. https://table.example.com); unset: any origin (a warning at "
+        "start-up).", _origins)
     log_format: str = setting(
         "auto", "NEXUS_LOG_FORMAT", "--log-format",
         "Log line format: human, json (one JSON object per line), or auto (human on a "

@@ -12,7 +12,7 @@ import trio.testing
 from nexus_actors.errors import StoreError
 from nexus_actors.store.base import Write
 from nexus_actors.store.memory import MemoryStore
-from nexus_actors.testing import TestServer, open_server
+from nexus_actors.testing import TestServer, open_server, query
 from nexus_actors.testing.http import exchange, get, parse, read_to_eof
 
 UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -114,7 +114,7 @@ async def test_methods_other_than_get_and_head_are_405(
             reply = parse(await exchange(
                 server, method + b" /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"))
             assert reply.status == 405
-            assert reply.headers["allow"] == "GET, HEAD"
+            assert reply.headers["allow"] == "GET, HEAD, OPTIONS"
 
 
 async def test_head_answers_the_get_headers_without_a_body(
@@ -181,3 +181,46 @@ async def test_unfinished_request_is_closed_after_the_handshake_timeout(
             raise AssertionError("closed before the handshake timeout")
         assert await read_to_eof(stream) == b""
         await assert_still_serving(server)
+
+
+# Origins and CORS --------------------------------------------------------------
+
+
+async def test_websocket_from_an_origin_not_allowed_is_refused_403(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server(cors_origin=frozenset({"https://table.example.com"})) as server:
+        reply = parse(await exchange(server, (
+            b"GET /ws?host&name=GM HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\n"
+            + UPGRADE + b"\r\n")))
+        assert reply.status == 403
+        assert reply.json() == {"error": "origin not allowed", "code": "forbidden"}
+        assert "access-control-allow-origin" not in reply.headers
+
+        allowed = await server.connect(query(host="", name="GM"),
+                                       origin="https://Table.Example.com/")
+        assert (await allowed.next("event"))["data"]["name"] == "session/created"
+        no_origin = await server.connect(query(host="", name="Bot"))  # not a browser
+        assert (await no_origin.next("event"))["data"]["name"] == "session/created"
+
+
+async def test_http_routes_carry_cors_headers_for_allowed_origins_only(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server(cors_origin=frozenset({"https://table.example.com"})) as server:
+        ok = await get(server, "/health", Origin="https://table.example.com")
+        assert ok.headers["access-control-allow-origin"] == "https://table.example.com"
+        assert ok.headers["vary"] == "Origin"
+        other = await get(server, "/health", Origin="https://evil.example")
+        assert other.status == 200  # answered, but a browser will not let the page read it
+        assert "access-control-allow-origin" not in other.headers
+        preflight = parse(await exchange(server, (
+            b"OPTIONS /metrics HTTP/1.1\r\nHost: x\r\nOrigin: https://table.example.com\r\n"
+            b"Access-Control-Request-Method: GET\r\n\r\n")))
+        assert preflight.status == 204
+        assert preflight.headers["access-control-allow-methods"] == "GET, HEAD, OPTIONS"
+        assert preflight.headers["access-control-allow-headers"] == "Authorization"
+
+    async with open_server() as server:  # no allowlist: any origin
+        anyone = await get(server, "/api/stats", Origin="https://anywhere.example")
+        assert anyone.headers["access-control-allow-origin"] == "*"
+        page = await server.connect(query(host="", name="GM"), origin="https://anywhere.example")
+        assert (await page.next("event"))["data"]["name"] == "session/created"

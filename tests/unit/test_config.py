@@ -84,6 +84,10 @@ def test_unrelated_environment_variables_are_ignored() -> None:
     ("PORT", "http"),
     ("PORT", "80\n80"),
     ("LOG_LEVEL", "loud"),
+    ("NEXUS_LOG_FORMAT", "xml"),
+    ("CORS_ORIGIN", "table.example.com"),
+    ("CORS_ORIGIN", "https://table.example.com/play"),
+    ("CORS_ORIGIN", "ftp://table.example.com"),
 ])
 def test_every_bad_value_fails_with_one_line_naming_the_setting(env: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -170,3 +174,11 @@ def test_db_ssl_accepts_the_usual_spellings_and_refuses_others() -> None:
     assert Config.from_sources({}, {"DB_SSL": "0"}).db_ssl is False
     with pytest.raises(ConfigError, match="DB_SSL"):
         Config.from_sources({}, {"DB_SSL": "maybe"})
+
+
+def test_cors_origins_are_a_normalized_set() -> None:
+    config = Config.from_sources({}, {
+        "CORS_ORIGIN": " https://Table.example.com/ , http://localhost:5000,"})
+    assert config.cors_origin == frozenset({"https://table.example.com",
+                                            "http://localhost:5000"})
+    assert Config.from_sources({}, {}).cors_origin is None

@@ -78,15 +78,27 @@ class Listener:
             if handshake is None:
                 return
             path = urlsplit(handshake.target).path
+            origin = handshake.header("Origin")
             if path == WEBSOCKET_PATH:
-                await self._websocket(handshake)
+                if origin is not None and not self.origin_allowed(origin):
+                    await handshake.respond(HttpReply(
+                        status=403, body={"error": "origin not allowed",
+                                          "code": str(Code.FORBIDDEN)}))
+                else:
+                    await self._websocket(handshake)
+                return
+            if handshake.method == "OPTIONS":
+                reply = HttpReply(status=204, body=b"", headers={
+                    "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+                    "Access-Control-Allow-Headers": "Authorization",
+                    "Access-Control-Max-Age": "600"})
             elif path == "/metrics" and handshake.method in ("GET", "HEAD"):
-                await handshake.respond(await self.metrics_reply(
-                    handshake.header("Authorization")))
+                reply = await self.metrics_reply(handshake.header("Authorization"))
             elif path == "/api/stats" and handshake.method in ("GET", "HEAD"):
-                await handshake.respond(await self.stats_reply())
+                reply = await self.stats_reply()
             else:
-                await handshake.respond(self.route(handshake.method, path))
+                reply = self.route(handshake.method, path)
+            await handshake.respond(self._cors(reply, origin))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -115,11 +127,24 @@ class Listener:
                 self._all_closed.set()
                 self._all_closed = trio.Event()
 
+    def origin_allowed(self, origin: str) -> bool:
+        allowed = self.config.cors_origin
+        return allowed is None or "*" in allowed or origin.rstrip("/").lower() in allowed
+
+    def _cors(self, reply: HttpReply, origin: str | None) -> HttpReply:
+        """``reply`` with the CORS headers a browser on ``origin`` may read it with."""
+        if origin is None or not self.origin_allowed(origin):
+            return reply
+        allowed = "*" if self.config.cors_origin is None else origin
+        return attrs.evolve(reply, headers={**reply.headers,
+                                             "Access-Control-Allow-Origin": allowed,
+                                             "Vary": "Origin"})
+
     def route(self, method: str, path: str) -> HttpReply:
         """The answer to a plain HTTP request (``HEAD`` gets the same, without a body)."""
         if method not in ("GET", "HEAD"):
             return HttpReply(status=405, body={"error": "method not allowed"},
-                             headers={"Allow": "GET, HEAD"})
+                             headers={"Allow": "GET, HEAD, OPTIONS"})
         if path == "/health":
             uptime = round(trio.current_time() - self.health.started_at, 3)
             return HttpReply(status=200, body={"status": "ok", "uptime": uptime,

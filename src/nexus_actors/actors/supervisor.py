@@ -129,6 +129,9 @@ async def serve(
             root.start_soon(_trigger, shutdown_trigger, stop)
         for port in server.ports:
             log.info("listening on %s:%d", config.host, port)
+        if config.cors_origin is None:
+            log.warning("CORS_ORIGIN is not set: pages on any origin may open WebSockets "
+                        "here; set it to the origins that serve your client")
         task_status.started(server)
         await stop.wait()
         await _drain(server, accepting, registry_send, persist_send, listener)
