@@ -448,6 +448,47 @@ async def until_durable_after(observer: TestClient, sender: Sender, sent: int) -
     await read_until(observer, durable)
 
 
+async def test_sigterm_with_many_clients_sends_each_a_jittered_hint_and_loses_no_ack(
+        database_url: str, tmp_path: Path) -> None:
+    rooms, per_room = 8, 6
+    with trio.fail_after(90):
+        async with cluster(database_url, tmp_path) as servers:
+            node = await servers.start(NEXUS_RESTART_RETRY_MS="2000")
+            members: list[TestClient] = []
+            for index in range(rooms):
+                host = await node.create(f"GM{index}")
+                members.append(host)
+                for seat in range(per_room - 1):
+                    members.append(await node.join(host.room, f"P{index}-{seat}"))
+            sent = {}
+            for member in members:  # one event each, acknowledged before the signal
+                sent[member] = await member.send_event("chat/message", {"text": "before"})
+            for member in members:
+                await acked(member, sent[member])
+            late = {member: await member.send_event("chat/message", {"text": "during"})
+                    for member in members}  # in flight when the signal comes
+
+            assert await node.drain() == 0
+            retry = []
+            for member in members:
+                hint = await member.until("backoff")
+                assert hint["data"]["reason"] == "server-restart"
+                retry.append(hint["data"]["retryAfterMs"])
+                assert await member.wait_closed() == 1012
+            assert all(1000 <= ms < 3000 for ms in retry)  # jittered around 2000
+            assert max(retry) - min(retry) >= 500  # spread, not one stampede
+
+            durable: dict[str, list[str]] = {}
+            for code in {member.room for member in members}:
+                durable[code] = [event_id for _, event_id, _ in await journal(database_url,
+                                                                               code)]
+            for member in members:
+                ids = durable[member.room]
+                assert ids.count(sent[member]) == 1
+                if late[member] in acks(member):  # acknowledged while draining: durable too
+                    assert ids.count(late[member]) == 1
+
+
 async def test_kill_9_under_load_keeps_every_acked_event_and_applies_resent_ones_once(
         database_url: str, tmp_path: Path) -> None:
     with trio.fail_after(60):
