@@ -244,6 +244,25 @@ class Config:
     log_level: str = setting(
         "info", "LOG_LEVEL", "--log-level", "Log level.",
         _choice("debug", "info", "warning", "error"))
+    address_connect_rate: float = setting(
+        10.0, "NEXUS_ADDRESS_CONNECT_RATE", "--address-connect-rate",
+        "WebSocket handshakes per second from one address (a bucket of "
+        "NEXUS_ADDRESS_CONNECT_BURST); beyond it, 429 with Retry-After.",
+        _number(float, low=0.0, low_open=True), "1/s")
+    address_connect_burst: int = setting(
+        60, "NEXUS_ADDRESS_CONNECT_BURST", "--address-connect-burst",
+        "Handshakes one address may make at once (a class behind one NAT joining together).",
+        _number(int, low=1))
+    address_failure_rate: float = setting(
+        0.2, "NEXUS_ADDRESS_FAILURE_RATE", "--address-failure-rate",
+        "Failed joins and reconnects (unknown room, wrong token) per second one address may "
+        "make (a bucket of NEXUS_ADDRESS_FAILURE_BURST); beyond it, join and reconnect "
+        "attempts are refused rate-limited: room codes are short, guessing must be slow.",
+        _number(float, low=0.0, low_open=True), "1/s")
+    address_failure_burst: int = setting(
+        10, "NEXUS_ADDRESS_FAILURE_BURST", "--address-failure-burst",
+        "Failed joins and reconnects one address may make before it is slowed down.",
+        _number(int, low=1))
     cors_origin: frozenset[str] | None = setting(
         None, "CORS_ORIGIN", "--cors-origin",
         "Origins allowed to open a WebSocket from a browser and to read the HTTP routes, "

@@ -9,7 +9,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from nexus_actors.protocol.limits import TokenBucket
+from nexus_actors.protocol.limits import PerAddress, TokenBucket, host_of
 from nexus_actors.protocol.wire import Wire, encode, text_frame_header
 from nexus_actors.room.cursors import CursorBoard
 from nexus_actors.room.hosts import successor
@@ -332,3 +332,31 @@ def test_encode_puts_type_data_extras_and_timestamp_in_one_object() -> None:
                        "serverSequence": 3, "timestamp": 1234}
     assert wire.kind == "event"
     assert parse_frame(wire.frame).data == wire.payload
+
+
+def test_per_address_buckets_are_separate_and_allows_takes_nothing() -> None:
+    limits = PerAddress(rate=1.0, burst=2)
+    assert limits.take("10.0.0.1", 0.0)
+    assert limits.take("10.0.0.1", 0.0)
+    assert not limits.take("10.0.0.1", 0.0)
+    assert limits.retry_after("10.0.0.1") == pytest.approx(1.0)
+    assert limits.allows("10.0.0.2", 0.0)
+    assert limits.allows("10.0.0.2", 0.0)  # looking does not spend
+    assert not limits.allows("10.0.0.1", 0.5)
+    assert limits.allows("10.0.0.1", 1.0)
+
+
+def test_per_address_forgets_the_least_recently_used_beyond_its_bound() -> None:
+    limits = PerAddress(rate=0.001, burst=1, max_addresses=2)
+    assert limits.take("a", 0.0)
+    assert limits.take("b", 0.0)
+    assert not limits.take("a", 0.0)  # "a" is now the most recent
+    assert limits.take("c", 0.0)  # "b" is forgotten
+    assert limits.take("b", 0.0)  # starts again with a full bucket
+    assert not limits.take("c", 0.0)
+
+
+def test_host_of_drops_the_port_for_every_address_form() -> None:
+    assert host_of("192.0.2.7:51234") == "192.0.2.7"
+    assert host_of("::1:51234") == "::1"
+    assert host_of("memory") == "memory"

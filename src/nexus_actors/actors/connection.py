@@ -44,7 +44,7 @@ from ..metrics import Metrics
 from ..protocol import inbound, outbound
 from ..protocol.connect import CreateRoom, OpenRequest
 from ..protocol.http import HttpReply
-from ..protocol.limits import TokenBucket
+from ..protocol.limits import PerAddress, TokenBucket, host_of
 from ..protocol.wire import Wire
 from . import peer as close
 from .mailbox import CursorMailbox
@@ -475,12 +475,23 @@ async def _open_session(registry: trio.MemorySendChannel[RegistryMsg], request: 
     return result
 
 
+GUESSES = frozenset({Code.ROOM_NOT_FOUND, Code.INVALID_TOKEN})
+"Refusals that count as a failed guess of a room code or a resume token."
+
+
 async def run_connection(handshake: Handshake, request: OpenRequest | Refused, peer: Peer,
                          config: Config, deps: Deps,
-                         registry: trio.MemorySendChannel[RegistryMsg]) -> None:
-    """Serve one upgraded WebSocket until it closes (``Refused``: explain and close)."""
+                         registry: trio.MemorySendChannel[RegistryMsg],
+                         failures: PerAddress | None = None) -> None:
+    """Serve one upgraded WebSocket until it closes (``Refused``: explain and close).
+
+    ``failures`` counts failed joins and reconnects per address; an address out of
+    tokens is refused ``rate-limited`` before any room is asked.
+    """
     stream = handshake.stream
     conn = Connection(stream, handshake.protocol, peer, config, deps)
+    host = host_of(peer.address)
+    guessing = failures is not None and not isinstance(request, (Refused, CreateRoom))
     try:
         async with trio.open_nursery() as nursery:
             cancel = nursery.cancel_scope
@@ -488,6 +499,14 @@ async def run_connection(handshake: Handshake, request: OpenRequest | Refused, p
                       conn.write_now if conn.socket is not None else None)
             nursery.start_soon(conn.writer, cancel)
             result: SessionResult | None = request if isinstance(request, Refused) else None
+            if guessing and failures is not None and not failures.allows(
+                    host, trio.current_time()):
+                retry = max(1, math.ceil(failures.retry_after(host) * 1000))
+                peer.close(close.POLICY, "too many failed joins", outbound.error(
+                    Code.RATE_LIMITED, "too many failed joins from this address; wait",
+                    deps.wall_ms(), retryAfterMs=retry))
+                await conn.reader()
+                return
             with trio.move_on_after(config.handshake_timeout) as joining:
                 if result is None:
                     assert not isinstance(request, Refused)
@@ -500,6 +519,8 @@ async def run_connection(handshake: Handshake, request: OpenRequest | Refused, p
                 await conn.reader()
                 return
             if not isinstance(result, Attached):
+                if guessing and failures is not None and result.code in GUESSES:
+                    failures.take(host, trio.current_time())
                 frames = [outbound.error(result.code, result.message, deps.wall_ms())]
                 if result.backoff is not None:
                     frames.append(result.backoff)

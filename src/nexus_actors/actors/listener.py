@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import logging
+import math
 import resource
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ from ..errors import Code, Refusal, StoreError
 from ..metrics import Metrics
 from ..protocol.connect import OpenRequest, parse_connect
 from ..protocol.http import HttpReply
+from ..protocol.limits import PerAddress, host_of
 from ..store.base import RoomStats, Store
 from . import peer as close
 from .connection import Handshake, peer_factory, run_connection
@@ -52,6 +54,10 @@ class Listener:
     store: Store
     metrics: Metrics
     make_peer: Callable[[int, str], Peer]
+    connects: PerAddress
+    "WebSocket handshakes per address."
+    failures: PerAddress
+    "Failed joins and reconnects per address."
     ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
     open_connections: int = 0
     "WebSocket connections being served."
@@ -65,9 +71,14 @@ class Listener:
     @classmethod
     def create(cls, services: Services) -> Listener:
         s = services
-        return cls(config=s.config, deps=s.deps, health=s.health, registry=s.registry,
+        config = s.config
+        return cls(config=config, deps=s.deps, health=s.health, registry=s.registry,
                    store=s.store, metrics=s.metrics,
-                   make_peer=peer_factory(s.config, s.deps, s.metrics))
+                   make_peer=peer_factory(config, s.deps, s.metrics),
+                   connects=PerAddress(config.address_connect_rate,
+                                       config.address_connect_burst),
+                   failures=PerAddress(config.address_failure_rate,
+                                       config.address_failure_burst))
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one accepted stream to the end."""
@@ -80,10 +91,18 @@ class Listener:
             path = urlsplit(handshake.target).path
             origin = handshake.header("Origin")
             if path == WEBSOCKET_PATH:
+                host = host_of(handshake.address)
                 if origin is not None and not self.origin_allowed(origin):
                     await handshake.respond(HttpReply(
                         status=403, body={"error": "origin not allowed",
                                           "code": str(Code.FORBIDDEN)}))
+                elif not self.connects.take(host, trio.current_time()):
+                    retry = max(1, math.ceil(self.connects.retry_after(host) * 1000))
+                    await handshake.respond(HttpReply(
+                        status=429, body={"error": "too many connections from this address",
+                                          "code": str(Code.RATE_LIMITED),
+                                          "retryAfterMs": retry},
+                        headers={"Retry-After": str(math.ceil(retry / 1000))}))
                 else:
                     await self._websocket(handshake)
                 return
@@ -120,7 +139,7 @@ class Listener:
         self.open_connections += 1
         try:
             await run_connection(handshake, opening, peer, self.config, self.deps,
-                                 self.registry)
+                                 self.registry, self.failures)
         finally:
             self.open_connections -= 1
             if not self.open_connections:

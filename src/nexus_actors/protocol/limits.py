@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import attrs
 
 
@@ -38,3 +40,44 @@ class TokenBucket:
     def retry_after(self) -> float:
         """Seconds until one token is available again."""
         return max(0.0, (1.0 - self.tokens) / self.rate)
+
+
+@attrs.define
+class PerAddress:
+    """One :class:`TokenBucket` per client address, the least recently used forgotten
+    beyond ``max_addresses`` (a forgotten address starts again with a full bucket)."""
+
+    rate: float
+    burst: float
+    max_addresses: int = 100_000
+    _buckets: OrderedDict[str, TokenBucket] = attrs.field(factory=OrderedDict)
+
+    def _bucket(self, address: str, now: float) -> TokenBucket:
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            bucket = self._buckets[address] = TokenBucket(self.rate, self.burst, updated=now)
+            while len(self._buckets) > self.max_addresses:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(address)
+        return bucket
+
+    def take(self, address: str, now: float) -> bool:
+        """Take a token for ``address`` if it has one."""
+        return self._bucket(address, now).take(now)
+
+    def allows(self, address: str, now: float) -> bool:
+        """Whether ``address`` has a token now (none is taken)."""
+        bucket = self._bucket(address, now)
+        bucket.tokens = min(bucket.burst, bucket.tokens + (now - bucket.updated) * bucket.rate)
+        bucket.updated = now
+        return bucket.tokens >= 1.0
+
+    def retry_after(self, address: str) -> float:
+        bucket = self._buckets.get(address)
+        return 0.0 if bucket is None else bucket.retry_after()
+
+
+def host_of(address: str) -> str:
+    """The host part of ``host:port`` (IPv4, IPv6 or a name): what per-address limits key on."""
+    return address.rsplit(":", 1)[0] if ":" in address else address

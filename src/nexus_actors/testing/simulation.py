@@ -59,6 +59,9 @@ SIM_CONFIG = Config(
     host_grace=5.0, hibernation_timeout=300.0, heartbeat_interval=10.0,
     heartbeat_timeout=5.0, snapshot_every=7, max_players=8,
     rate_limit=1000.0, rate_burst=1000, drain_timeout=5.0,
+    # Every simulated client connects from the same in-memory "address".
+    address_connect_rate=1e6, address_connect_burst=1_000_000,
+    address_failure_rate=1e6, address_failure_burst=1_000_000,
 )
 "Short timers so grace periods, hibernation and heartbeats happen within a run."
 
