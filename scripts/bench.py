@@ -557,8 +557,10 @@ def database(url: str | None) -> Iterator[str]:
 
 
 def run(args: argparse.Namespace, port: int, database_url: str, node: str | None) -> int:
+    # Every simulated player connects from 127.0.0.1: lift the per-address handshake limit.
     env = dict(os.environ, PORT=str(port), NEXUS_HOST="127.0.0.1", LOG_LEVEL="warning",
-               DATABASE_URL=database_url)
+               DATABASE_URL=database_url, NEXUS_ADDRESS_CONNECT_RATE="100000",
+               NEXUS_ADDRESS_CONNECT_BURST="100000")
     command = [sys.executable, "-m", "nexus_actors", "serve"]
     if os.environ.get("BENCH_SERVER_PREFIX"):
         command = [*os.environ["BENCH_SERVER_PREFIX"].split(), *command]

@@ -54,7 +54,8 @@ EXIT_TIMEOUT = DRAIN_TIMEOUT + 5.0
 POLL = 0.05
 "Seconds between looks at something only an external process changes."
 COMMON = {"NEXUS_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT), "NEXUS_RATE_LIMIT": "100000",
-        "NEXUS_RATE_BURST": "100000", "NEXUS_HEARTBEAT_INTERVAL": "600"}
+        "NEXUS_RATE_BURST": "100000", "NEXUS_HEARTBEAT_INTERVAL": "600",
+        "NEXUS_ADDRESS_CONNECT_RATE": "100000", "NEXUS_ADDRESS_CONNECT_BURST": "100000"}
 """Settings for every process: a short drain; no rate limit (the load generators send
 faster than a person); no WebSocket pings, whose pongs the client's reader would write
 while a load generator writes on the same socket (a TestClient has one writer)."""
