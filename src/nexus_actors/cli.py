@@ -18,6 +18,7 @@ from .errors import ConfigError, StoreError
 from .store.base import Store
 from .store.setup import database, migrate_when_reachable, prepare_store
 from .testing import campaign
+from .tls import tls_context
 
 log = logging.getLogger("nexus_actors")
 
@@ -83,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             return _migrate(config)
         log.info("nexus-actors %s starting (pid %d)", __version__, os.getpid())
+        tls_context(config)  # a certificate that cannot be loaded stops us before the database
         store, where = prepare_store(config)
     except (ConfigError, StoreError) as exc:
         print(f"nexus-actors: {exc.message}", file=sys.stderr)

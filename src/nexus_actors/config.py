@@ -263,6 +263,13 @@ class Config:
         10, "NEXUS_ADDRESS_FAILURE_BURST", "--address-failure-burst",
         "Failed joins and reconnects one address may make before it is slowed down.",
         _number(int, low=1))
+    tls_cert: str | None = setting(
+        None, "NEXUS_TLS_CERT", "--tls-cert",
+        "PEM certificate chain: serve wss:// and https:// on PORT (with NEXUS_TLS_KEY); "
+        "unset: plain TCP (TLS at the load balancer).", _optional_text)
+    tls_key: str | None = setting(
+        None, "NEXUS_TLS_KEY", "--tls-key", "PEM private key of NEXUS_TLS_CERT.",
+        _optional_text)
     cors_origin: frozenset[str] | None = setting(
         None, "CORS_ORIGIN", "--cors-origin",
         "Origins allowed to open a WebSocket from a browser and to read the HTTP routes, "

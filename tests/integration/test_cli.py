@@ -178,6 +178,6 @@ async def test_serve_with_json_logs_writes_only_json_lines_from_start_to_stop(
     messages = [line["message"] for line in lines]
     assert messages[0].startswith("nexus-actors "), messages
     assert "starting" in messages[0], messages
-    assert f"listening on 127.0.0.1:{port}" in messages, messages
+    assert f"listening on 127.0.0.1:{port} (http/ws)" in messages, messages
     assert "received SIGTERM; draining" in messages, messages
     assert messages[-1] == "stopped", messages

@@ -19,6 +19,7 @@ from ..deps import Deps
 from ..metrics import Metrics
 from ..store.base import Store
 from ..store.memory import MemoryStore
+from ..tls import tls_context
 from .health import Health
 from .janitor import run_janitor
 from .listener import Listener
@@ -50,6 +51,8 @@ class Server:
         """TCP ports listened on (for servers started with ``port=0``)."""
         found = []
         for item in self.listeners:
+            if isinstance(item, trio.SSLListener):
+                item = item.transport_listener
             if isinstance(item, trio.SocketListener):
                 found.append(item.socket.getsockname()[1])
         return found
@@ -114,7 +117,12 @@ async def serve(
     listener = Listener.create(services)
     _observe(metrics, health, listener, persist_send)
     if listeners is None:
-        listeners = list(await trio.open_tcp_listeners(config.port, host=config.host))
+        context = tls_context(config)
+        if context is None:
+            listeners = list(await trio.open_tcp_listeners(config.port, host=config.host))
+        else:
+            listeners = list(await trio.open_ssl_over_tcp_listeners(
+                config.port, context, host=config.host, https_compatible=True))
     stop = trio.Event()
     server = Server(config=config, health=health, store=store, listeners=listeners,
                     listener=listener, registry=registry_send, persist=persist_send, stop=stop)
@@ -127,8 +135,9 @@ async def serve(
         root.start_soon(_accept, listener, listeners, connections, accepting)
         if shutdown_trigger is not None:
             root.start_soon(_trigger, shutdown_trigger, stop)
+        scheme = "https/wss" if config.tls_cert else "http/ws"
         for port in server.ports:
-            log.info("listening on %s:%d", config.host, port)
+            log.info("listening on %s:%d (%s)", config.host, port, scheme)
         if config.cors_origin is None:
             log.warning("CORS_ORIGIN is not set: pages on any origin may open WebSockets "
                         "here; set it to the origins that serve your client")
