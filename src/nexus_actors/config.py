@@ -142,6 +142,11 @@ class Config:
         10_000, "NEXUS_MAX_ROOMS", "--max-rooms",
         "Live rooms per process; creating or waking more gets overloaded.",
         _number(int, low=1))
+    max_state_bytes: int = setting(
+        4 * 1024 * 1024, "NEXUS_MAX_STATE_BYTES", "--max-state-bytes",
+        "Size of one room's state (scenes, tokens, characters, initiative, chat, seats) "
+        "beyond which creates and updates are refused state-too-large; deletes still work.",
+        _number(int, low=65536), "bytes")
     max_name_length: int = setting(
         50, "NEXUS_MAX_NAME_LENGTH", "--max-name-length",
         "Longest player name, in characters.", _number(int, low=1, high=1000))

@@ -38,6 +38,7 @@ class Code(enum.StrEnum):
     ENTITY_EXISTS = "entity-exists"
     INVALID = "invalid"
     NOT_CONNECTED = "not-connected"
+    STATE_TOO_LARGE = "state-too-large"
     # The server itself.
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"

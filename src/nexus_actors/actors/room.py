@@ -64,6 +64,11 @@ from .peer import Peer
 from .persistence import Flush, Intent
 from .services import Services
 
+GROWS = (msg.SceneCreate, msg.SceneUpdate, msg.TokenCreate, msg.TokenUpdate,
+         msg.CharacterCreate, msg.CharacterUpdate, msg.InitiativeSet)
+"""Events that can make a room's state larger: refused at NEXUS_MAX_STATE_BYTES. Moves,
+chat (its history is bounded), deletes and session requests are not."""
+
 log = logging.getLogger("nexus_actors.room")
 
 BATCH = 64
@@ -145,6 +150,8 @@ class Room:
         self.mark = self.committed_mark = self.first_mark = shell.marks
         self.new_epoch = False
         "This incarnation began a new epoch when it loaded the room."
+        self.state_bytes = 0
+        "The state's encoded size at the last snapshot, plus every event's size since."
         self.backlog: deque[Intent] = deque()
         "Writes the persistence queue had no room for yet (sent in order, before any new one)."
         self.gate = OutputGate()
@@ -240,6 +247,7 @@ class Room:
             hibernated = bool(record.journal) and record.journal[-1].name == "session/hibernated"
             self.grace_deadline = now if hibernated else now + self.config.host_grace
         self.idle_deadline = now + self.config.host_grace
+        self.state_bytes = len(orjson.dumps(state.snapshot()))
         return begins_epoch
 
     # Loop ----------------------------------------------------------------
@@ -611,6 +619,13 @@ class Room:
                                       self._now_ms(), event_id=event_id,
                                       retryAfterMs=self._jitter(self.config.overload_retry_ms)))
             return
+        if isinstance(payload, GROWS) and self.state_bytes >= self.config.max_state_bytes:
+            self.state_bytes = len(orjson.dumps(self.state_().snapshot()))  # exactly, now
+            if self.state_bytes >= self.config.max_state_bytes:
+                self._reject(peer, frame, Rejection(
+                    f"the room's state is at its size limit ({self.config.max_state_bytes} "
+                    "bytes); delete something first", code=Code.STATE_TOO_LARGE))
+                return
         state = self.state_()
         context = ev.Context(actor_id=member_id, connected_since=self.since,
                              new_id=self.s.deps.new_id, timestamp=self._now_ms(),
@@ -678,6 +693,7 @@ class Room:
                       secret=item.secret)
         ev.apply(state, event, chat_history=self.config.chat_history)
         wire = event.wire()
+        self.state_bytes += len(wire.payload)  # an upper bound until the next snapshot
         self.journal.append((event.sequence, event.event_id, wire.payload))
         self.by_event_id[event.event_id] = _seen(event)
         if len(self.journal) > self.config.journal_retain:
@@ -795,8 +811,9 @@ class Room:
         state = self.state_()
         self.since_snapshot = 0
         self.snapshot_deadline = None
-        self._write(PutSnapshot(code=self.code, sequence=state.sequence,
-                                snapshot=orjson.dumps(state.snapshot())))
+        snapshot = orjson.dumps(state.snapshot())
+        self.state_bytes = len(snapshot)
+        self._write(PutSnapshot(code=self.code, sequence=state.sequence, snapshot=snapshot))
 
     def _put_room(self, status: Any, now_ms: int, *, created: bool = False) -> None:
         state = self.state_()
