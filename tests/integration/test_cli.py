@@ -15,10 +15,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import orjson
 import pytest
 import trio
 
@@ -55,13 +56,15 @@ async def health_status(port: int) -> int | None:
 
 
 @asynccontextmanager
-async def served(log: Path, **settings: str) -> AsyncIterator[tuple[trio.Process, int]]:
-    """Run ``python -m nexus_actors serve`` until /health answers; kill it if still up after."""
+async def served(log: Path, *, command: Sequence[str] | None = None,
+                 **settings: str) -> AsyncIterator[tuple[trio.Process, int]]:
+    """Run ``python -m nexus_actors serve`` (or ``command``) until /health answers; kill it
+    if still up after."""
     port = free_port()
     env = server_environment(PORT=str(port), NEXUS_HOST="127.0.0.1", LOG_LEVEL="info", **settings)
     with log.open("wb") as stderr:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "nexus_actors", "serve"], env=env,
+            command or [sys.executable, "-m", "nexus_actors", "serve"], env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
             with trio.fail_after(START_TIMEOUT):
@@ -145,31 +148,13 @@ async def test_settings_command_prints_the_markdown_table() -> None:
 async def test_serve_with_json_logs_writes_only_json_lines_from_start_to_stop(
         tmp_path: Path, log_format: str) -> None:
     # "auto" is json here: stderr is a file, not a terminal.
-    import orjson
-
     assert SCRIPT.exists(), f"console script not installed at {SCRIPT}"
     log = tmp_path / "stderr.log"
-    port = free_port()
-    env = server_environment(NEXUS_LOG_FORMAT=log_format, DATABASE_URL="memory",
-                             PORT=str(port), NEXUS_HOST="127.0.0.1", LOG_LEVEL="info")
-    with log.open("wb") as stderr:
-        process = await trio.lowlevel.open_process(
-            [str(SCRIPT), "serve"], env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
-        try:
-            with trio.fail_after(START_TIMEOUT):
-                while await health_status(port) != 200:
-                    if process.poll() is not None:
-                        pytest.fail(f"server exited: {await trio.Path(log).read_text()}")
-                    await trio.sleep(0.05)
-            process.send_signal(signal.SIGTERM)
-            with trio.fail_after(DRAIN_TIMEOUT + EXIT_MARGIN):
-                assert await process.wait() == 0
-        finally:
-            if process.returncode is None:
-                process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+    async with served(log, command=[str(SCRIPT), "serve"], NEXUS_LOG_FORMAT=log_format,
+                      DATABASE_URL="memory") as (process, port):
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(DRAIN_TIMEOUT + EXIT_MARGIN):
+            assert await process.wait() == 0
     text = await trio.Path(log).read_text(encoding="utf-8")
     lines = [orjson.loads(line) for line in text.splitlines()]
     assert lines, "nothing was logged"
