@@ -541,6 +541,9 @@ class Room:
         if not announce:
             return
         self._broadcast(self._notice("session/disconnected", {"uuid": member_id}))
+        if self.draining:  # no grace periods now: the drain ends once nobody is left
+            self._maybe_idle()
+            return
         state = self.state_()
         now = trio.current_time()
         if member_id == state.host_id:

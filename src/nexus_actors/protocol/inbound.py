@@ -341,7 +341,10 @@ def decode(raw: bytes | str) -> ClientMessage:
     """Parse one client text message. Raises :class:`FrameError` with a stable code."""
     try:
         message = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):  # valid JSON, too deep to parse
+            raise FrameError(f"frame nests objects and arrays more than {MAX_DEPTH} levels "
+                             "deep", code=Code.INVALID_FRAME) from None
         raise FrameError("frame is not valid JSON", code=Code.INVALID_JSON) from None
     if type(message) is not dict:
         raise FrameError("frame must be a JSON object", code=Code.INVALID_FRAME)

@@ -100,6 +100,10 @@ class Context:
 # Validation helpers -------------------------------------------------------
 
 
+MAX_ROUND = 2**53 - 1
+"Largest initiative round: exact in every JSON number implementation (JavaScript's too)."
+
+
 def _invalid(message: str) -> Rejection:
     return Rejection(message, code=Code.INVALID)
 
@@ -258,8 +262,7 @@ def _token_delete(state: RoomState, p: msg.TokenDelete, ctx: Context) -> list[Pl
 
 
 def _character_create(state: RoomState, p: msg.CharacterCreate, ctx: Context) -> list[Planned]:
-    name = p.character.get("name")
-    if name is not None and type(name) is not str:
+    if "name" in p.character and type(p.character["name"]) is not str:
         raise _invalid("character.name must be a string")
     character = _new_entity(p.character, "character", state.characters, ctx)
     return [Planned(name="character/create", data={"character": character})]
@@ -268,6 +271,8 @@ def _character_create(state: RoomState, p: msg.CharacterCreate, ctx: Context) ->
 def _character_update(state: RoomState, p: msg.CharacterUpdate, ctx: Context) -> list[Planned]:
     character = _entity(state.characters, "character", p.character_id)
     changes = _changes(p.changes, "character")
+    if "name" in changes and type(changes["name"]) is not str:
+        raise _invalid("character.name must be a string")
     version = _check_version(character, p.version)
     data = {"characterId": p.character_id, "changes": changes, "version": version}
     return [Planned(name="character/update", data=_with_update(data, p.update_id))]
@@ -284,6 +289,8 @@ def _initiative_set(state: RoomState, p: msg.InitiativeSet, ctx: Context) -> lis
     _require(state.permissions_of(ctx.actor_id), "can_control_initiative", "initiative/set")
     if p.round < 0 or p.turn < 0:
         raise _invalid("round and turn must not be negative")
+    if p.round > MAX_ROUND:
+        raise _invalid(f"round must be at most {MAX_ROUND}")
     if p.order and p.turn >= len(p.order):
         raise _invalid("turn must index into order")
     version = _check_version(state.initiative, p.version)
@@ -300,6 +307,8 @@ def _initiative_next(state: RoomState, p: msg.InitiativeNext, ctx: Context) -> l
     turn = state.initiative["turn"] + 1
     round_ = state.initiative["round"]
     if turn >= len(order):
+        if round_ >= MAX_ROUND:
+            raise _invalid(f"the round counter is at its maximum ({MAX_ROUND})")
         turn, round_ = 0, round_ + 1
     data = {"round": round_, "turn": turn, "version": version}
     return [Planned(name="initiative/next", data=_with_update(data, p.update_id))]
