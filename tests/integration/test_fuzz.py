@@ -328,8 +328,8 @@ def tree_status(value: Any, *, ascii: bool) -> tuple[Status, int]:
         for text in texts:
             if _lone_surrogate(text):  # an escape JSON refuses, or bytes that are not UTF-8
                 status = _worst(status, "invalid" if ascii else "not-utf8")
-    if depth > ORJSON_DEPTH:  # the parser stops there: invalid-frame, whatever follows
-        status = "unknown"
+    if depth > ORJSON_DEPTH and status != "not-utf8":  # the parser stops at that depth:
+        status = "unknown"  # invalid-frame, or invalid-json for what came before it
     return status, depth
 
 
