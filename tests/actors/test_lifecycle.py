@@ -598,6 +598,23 @@ async def test_commit_failing_after_applying_is_retried_without_a_duplicate(
         assert journal_ids(server, host.room).count("s2") == 1
 
 
+async def test_drain_ends_at_once_when_a_member_disconnects_during_it(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # A connection that ended while its room drained used to re-arm the room's idle
+    # timer: the drain then waited its whole timeout and the room never reported its exit.
+    async with open_server(drain_timeout=4.0) as server:
+        host = await server.create("GM")
+        server.store.pause()  # the drain's snapshot stays uncommitted: the room waits
+        async with trio.open_nursery() as nursery:
+            began = trio.current_time()
+            nursery.start_soon(server.stop)
+            await trio.testing.wait_all_tasks_blocked()  # the room is draining
+            host.drop()
+            await trio.testing.wait_all_tasks_blocked()  # and has seen the disconnect
+            server.store.resume()
+        assert trio.current_time() - began < 1.0
+
+
 async def test_drain_delivers_pending_acks_before_sending_clients_away(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server() as server:
