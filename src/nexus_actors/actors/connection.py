@@ -482,7 +482,7 @@ GUESSES = frozenset({Code.ROOM_NOT_FOUND, Code.INVALID_TOKEN})
 async def run_connection(handshake: Handshake, request: OpenRequest | Refused, peer: Peer,
                          config: Config, deps: Deps,
                          registry: trio.MemorySendChannel[RegistryMsg],
-                         failures: PerAddress | None = None) -> None:
+                         failures: PerAddress) -> None:
     """Serve one upgraded WebSocket until it closes (``Refused``: explain and close).
 
     ``failures`` counts failed joins and reconnects per address; an address out of
@@ -491,7 +491,7 @@ async def run_connection(handshake: Handshake, request: OpenRequest | Refused, p
     stream = handshake.stream
     conn = Connection(stream, handshake.protocol, peer, config, deps)
     host = host_of(peer.address)
-    guessing = failures is not None and not isinstance(request, (Refused, CreateRoom))
+    guessing = not isinstance(request, (Refused, CreateRoom))
     try:
         async with trio.open_nursery() as nursery:
             cancel = nursery.cancel_scope
@@ -499,8 +499,7 @@ async def run_connection(handshake: Handshake, request: OpenRequest | Refused, p
                       conn.write_now if conn.socket is not None else None)
             nursery.start_soon(conn.writer, cancel)
             result: SessionResult | None = request if isinstance(request, Refused) else None
-            if guessing and failures is not None and not failures.allows(
-                    host, trio.current_time()):
+            if guessing and not failures.allows(host, trio.current_time()):
                 retry = max(1, math.ceil(failures.retry_after(host) * 1000))
                 peer.close(close.POLICY, "too many failed joins", outbound.error(
                     Code.RATE_LIMITED, "too many failed joins from this address; wait",
@@ -519,7 +518,7 @@ async def run_connection(handshake: Handshake, request: OpenRequest | Refused, p
                 await conn.reader()
                 return
             if not isinstance(result, Attached):
-                if guessing and failures is not None and result.code in GUESSES:
+                if guessing and result.code in GUESSES:
                     failures.take(host, trio.current_time())
                 frames = [outbound.error(result.code, result.message, deps.wall_ms())]
                 if result.backoff is not None:

@@ -28,11 +28,15 @@ class TokenBucket:
         if self.tokens < 0:
             self.tokens = self.burst
 
-    def take(self, now: float) -> bool:
-        """Take one token if there is one."""
+    def refill(self, now: float) -> float:
+        """Bring ``tokens`` up to ``now``; the tokens available."""
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if self.tokens >= 1.0:
+        return self.tokens
+
+    def take(self, now: float) -> bool:
+        """Take one token if there is one."""
+        if self.refill(now) >= 1.0:
             self.tokens -= 1.0
             return True
         return False
@@ -68,10 +72,7 @@ class PerAddress:
 
     def allows(self, address: str, now: float) -> bool:
         """Whether ``address`` has a token now (none is taken)."""
-        bucket = self._bucket(address, now)
-        bucket.tokens = min(bucket.burst, bucket.tokens + (now - bucket.updated) * bucket.rate)
-        bucket.updated = now
-        return bucket.tokens >= 1.0
+        return self._bucket(address, now).refill(now) >= 1.0
 
     def retry_after(self, address: str) -> float:
         bucket = self._buckets.get(address)
