@@ -290,6 +290,28 @@ async def test_oversize_message_gets_frame_too_large_then_close_1009(
         assert again.uuid == ana.uuid
 
 
+@pytest.mark.parametrize("fragments", [1, 2], ids=["whole", "fragmented"])
+async def test_message_one_byte_over_the_limit_closes_1009(
+        autojump_clock: trio.testing.MockClock, fragments: int) -> None:
+    # The WebSocket library's own limit is a control frame's size above ours (so that a
+    # ping between fragments never counts): the connection enforces the exact limit.
+    async with open_server(max_message_bytes=1024, host_grace=600) as server:
+        _host, ana = await open_table(server)
+        head = b'{"type": "heartbeat", "data": {"kind": "ping", "id": "'
+        message = head + b"x" * (1025 - len(head) - 3) + b'"}}'
+        assert len(message) == 1025
+        if fragments == 1:
+            ana.protocol.send_text(message)
+        else:
+            ana.protocol.send_text(message[:1000], fin=False)
+            ana.protocol.send_continuation(message[1000:], fin=True)
+        await ana._flush()
+        error = await ana.next("error")
+        assert error["data"]["code"] == "frame-too-large"
+        assert await ana.wait_closed() == 1009
+        await assert_state_unchanged(server, ana)
+
+
 async def test_message_just_under_the_size_limit_is_accepted(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server(max_message_bytes=1024) as server:

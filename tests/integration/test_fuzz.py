@@ -25,8 +25,7 @@ comes from 127.0.0.1, far faster than one address may).
 Budget: ``NEXUS_FUZZ_EXAMPLES`` examples per test (default 60, derandomized so CI runs the
 same examples every time); ``scripts/fuzz`` runs thousands, randomized, and
 ``--hypothesis-show-statistics`` shows what the examples reached. The bugs this found
-have regression tests at the end of this file; one still open is a strict xfail there,
-and the checks allow for it unless ``NEXUS_FUZZ_KNOWN_BUGS=1`` (to check a fix).
+have regression tests at the end of this file.
 """
 
 from __future__ import annotations
@@ -69,8 +68,6 @@ EXAMPLES: Final = int(_BUDGET) if _BUDGET else 60
 "Examples per test: 60 in the default run, what ``scripts/fuzz`` asks for otherwise."
 RANDOMIZED: Final = bool(_BUDGET)
 "A budget given by the environment explores new examples; the default run is fixed."
-INCLUDE_KNOWN_BUGS: Final = os.environ.get("NEXUS_FUZZ_KNOWN_BUGS", "") == "1"
-"Expect the known bugs (strict xfail tests below) fixed: the checks no longer allow for them."
 
 _COMMON: Final[dict[str, Any]] = {
     "max_examples": EXAMPLES,
@@ -140,15 +137,14 @@ CODE_ALPHABET: Final = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 
 assert {str(code) for code in Code} >= ERROR_CODES
 
-# Limits of the model, and known bugs (a strict xfail test each, at the end of this file) --
+# Limits of the model ----------------------------------------------------------------------
 
 U64_MAX: Final = 2**64 - 1
 ORJSON_DEPTH: Final = 1000
 """Frames nested deeper than this (orjson's own limit is 1024) get ``invalid-frame``
 whether or not the rest of them is JSON: the model cannot tell which."""
 PING: Final = b"fuzz"
-"""The ping sent between the fragments of a message. Known bug: its 4 bytes count against
-the message size limit when it arrives (1009 for a message within the limit)."""
+"The ping sent between the fragments of a message (it never counts against its size)."
 
 
 # Values the strategies build ----------------------------------------------------------
@@ -271,8 +267,8 @@ def plain(value: Any) -> Any:
 
 Status = Literal["valid", "invalid", "unknown", "not-utf8"]
 """``valid``: JSON within the parser's number range; ``invalid``: not JSON (NaN, lone
-surrogate escapes...); ``unknown``: either answer is right (numbers beyond a double, a BOM,
-or a known bug); ``not-utf8``: the WebSocket layer may close with 1007 instead."""
+surrogate escapes...); ``unknown``: either answer is right (numbers beyond a double, a
+BOM); ``not-utf8``: the WebSocket layer may close with 1007 instead."""
 
 
 def _lone_surrogate(text: str) -> bool:
@@ -439,8 +435,6 @@ class Sent:
     cuts: tuple[int, ...]
     status: Status = "valid"
     oversize: bool = False
-    ping_over: bool = False
-    "A ping between fragments comes when the message so far plus the ping pass the limit."
     event_id: str | None = None
     "The ``eventId`` the server must answer this frame with (ack, error or update-rejected)."
     leave: Literal["no", "yes", "maybe"] = "no"
@@ -490,10 +484,6 @@ def prepare(frames: tuple[Frame, ...], ids: dict[str, str]) -> list[Sent]:
             sent.status, depth = tree_status(tree, ascii=frame.ascii)
             value = plain(tree)
         sent.oversize = len(sent.payload) > MAX_MESSAGE_BYTES
-        pieces = _pieces(sent.payload, sent.cuts)
-        sent.ping_over = not INCLUDE_KNOWN_BUGS and any(
-            size + len(PING) > MAX_MESSAGE_BYTES
-            for size in itertools.accumulate(len(piece) for piece in pieces[:-1]))
         if not sent.binary and type(value) is dict:
             sent.heartbeat = value.get("type") == "heartbeat"
             sent.event_id = _event_id_to_answer(value, sent.status, depth)
@@ -1286,9 +1276,6 @@ def expected_close(sent: list[Sent]) -> tuple[int | None, set[int]]:
                 return 1009, maybe
             maybe.add(1009)
             break
-        if item.ping_over:  # known bug: see test_ping_between_fragments_is_not_counted
-            maybe.add(1009)
-            break
         if not item.binary and item.status == "not-utf8":
             maybe.add(1007)
         if item.leave == "yes" and must is None:
@@ -1691,8 +1678,6 @@ async def test_character_create_with_a_null_name_is_invalid() -> None:
         assert (answer["data"]["code"], answer["data"]["eventId"]) == ("invalid", event_id)
 
 
-@pytest.mark.xfail(strict=True, reason="a ping between the fragments of a message counts "
-                   "against the message size limit: a message within it is closed with 1009")
 async def test_ping_between_fragments_is_not_counted_against_the_message_size() -> None:
     async with own_server() as (port, nursery):
         gm = await seated(await connect(port, query(host="", name="GM"), nursery,

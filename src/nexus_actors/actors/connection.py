@@ -70,6 +70,10 @@ FLOOD_TOLERANCE = 3
 "A flood closes after this many bursts of dropped messages (forgiven at a tenth of the rate)."
 NOTICE_INTERVAL = 1.0
 "Seconds between two ``rate-limited`` errors to one connection (no error storm)."
+CONTROL_PAYLOAD = 125
+"""Largest payload of a control frame (RFC 6455 5.5). The protocol's own size limit is
+this much above the message limit, which the connection enforces itself: the library
+counts a ping arriving between two fragments against what is left of the message."""
 
 
 class Handshake:
@@ -93,7 +97,7 @@ class Handshake:
             extensions=[ServerPerMessageDeflateFactory(
                 server_max_window_bits=12, client_max_window_bits=12,
                 compress_settings={"memLevel": 5})],
-            max_size=config.max_message_bytes,
+            max_size=config.max_message_bytes + CONTROL_PAYLOAD,
         )
         while True:
             data = await stream.receive_some(RECEIVE_SIZE)
@@ -180,6 +184,10 @@ class Connection:
         self.deps = deps
         self.deflate = bool(protocol.extensions)
         self.fragments: list[bytes] = []
+        self.fragments_size = 0
+        "Bytes of the message being assembled."
+        self.failed = False
+        "The connection was failed for a message over the limit; nothing more is read."
         self.binary = False
         "The message being assembled is a binary one."
         self.room: trio.MemorySendChannel[RoomMsg] | None = None
@@ -293,6 +301,8 @@ class Connection:
             if protocol.parser_exc is not None:
                 self._report_parser_error()
                 return
+            if self.failed:
+                return
 
     async def _receive(self) -> bytes | bytearray:
         """The next bytes from the client (``b""`` at EOF).
@@ -322,7 +332,14 @@ class Connection:
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
                 if opcode is not Opcode.CONT:
                     self.fragments = []
+                    self.fragments_size = 0
                     self.binary = opcode is Opcode.BINARY
+                self.fragments_size += len(event.data)
+                if self.fragments_size > self.config.max_message_bytes:
+                    self._too_big()
+                    self.protocol.fail(close.TOO_BIG, "message too big")
+                    self.failed = True
+                    break
                 self.fragments.append(bytes(event.data))
                 if event.fin:
                     messages.append(None if self.binary else b"".join(self.fragments))
@@ -337,12 +354,14 @@ class Connection:
 
     def _report_parser_error(self) -> None:
         if self.protocol.close_sent is not None and self.protocol.close_sent.code == close.TOO_BIG:
-            # The protocol has queued a 1009 close; put the reason before it.
-            self.peer.send(outbound.error(
-                Code.FRAME_TOO_LARGE,
-                f"messages are limited to {self.config.max_message_bytes} bytes",
-                self.deps.wall_ms()))
-            self.peer.wake()
+            self._too_big()
+
+    def _too_big(self) -> None:
+        """The reason for a 1009 close, sent before the close frame the protocol queues."""
+        self.peer.send(outbound.error(
+            Code.FRAME_TOO_LARGE, f"messages are limited to {self.config.max_message_bytes} bytes",
+            self.deps.wall_ms()))
+        self.peer.wake()
 
     async def _dispatch(self, messages: list[bytes | None]) -> None:
         for raw in messages:
