@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import trio
 
 from . import __version__, logs
-from .actors.supervisor import serve
+from .actors.supervisor import Interrupted, serve
 from .config import Config, settings_table
 from .errors import ConfigError, StoreError
 from .store.base import Store
@@ -93,8 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_gc()
     try:
         trio.run(_serve, config, store)
-    except KeyboardInterrupt:  # a second Ctrl-C while draining
-        log.warning("interrupted while draining; exiting now")
+    except Interrupted as exc:  # a second signal during the drain
+        return 128 + exc.signum
+    except KeyboardInterrupt:  # Ctrl-C before the server began to listen for signals
         return 130
     except Exception:
         log.critical("nexus-actors stopped by an error", exc_info=True)

@@ -209,6 +209,14 @@ class Config:
     drain_timeout: float = setting(
         10.0, "NEXUS_DRAIN_TIMEOUT", "--drain-timeout",
         "Seconds a SIGTERM drain may take before the process exits anyway.", _seconds, "s")
+    drain_batch: int = setting(
+        50, "NEXUS_DRAIN_BATCH", "--drain-batch",
+        "Rooms sent away at a time when the server drains (their clients get their "
+        "backoff hints together).", _number(int, low=1))
+    drain_spread: float = setting(
+        2.0, "NEXUS_DRAIN_SPREAD", "--drain-spread",
+        "Seconds over which a drain spreads its batches of rooms (at most a quarter of "
+        "NEXUS_DRAIN_TIMEOUT).", _seconds, "s")
     restart_retry_ms: int = setting(
         1000, "NEXUS_RESTART_RETRY_MS", "--restart-retry-ms",
         "retryAfterMs hint sent to clients when the server drains or a room restarts.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -627,6 +628,39 @@ async def test_drain_delivers_pending_acks_before_sending_clients_away(
         assert kinds[-3:] == ["event", "event-ack", "backoff"]
         assert host.frames[-2]["data"]["eventId"] == "late"
         assert host.close_code == 1012
+
+
+async def test_drain_sends_rooms_away_in_batches_spread_over_the_drain_spread(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server(drain_batch=2, drain_spread=1.5, drain_timeout=10.0) as server:
+        hosts = [await server.create(f"GM{index}") for index in range(5)]
+        began = trio.current_time()
+        hinted: dict[int, float] = {}
+
+        async def watch(index: int) -> None:
+            await hosts[index].until("backoff")
+            hinted[index] = trio.current_time() - began
+
+        async with trio.open_nursery() as nursery:
+            for index in range(5):
+                nursery.start_soon(watch, index)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(server.stop)
+        batches = sorted(set(hinted.values()))  # (each a transit time after its batch)
+        assert [at - batches[0] for at in batches] == pytest.approx([0.0, 0.5, 1.0])
+        assert sorted(hinted.values()).count(batches[0]) == 2
+        assert sorted(hinted.values()).count(batches[2]) == 1
+
+
+async def test_drain_spread_is_at_most_a_quarter_of_the_drain_timeout(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server(drain_batch=1, drain_spread=30.0, drain_timeout=4.0) as server:
+        hosts = [await server.create(f"GM{index}") for index in range(2)]
+        began = trio.current_time()
+        await server.stop()
+        assert trio.current_time() - began < 4.0
+        for host in hosts:
+            assert host.close_code == 1012
 
 
 async def test_drain_refuses_new_durable_events_with_a_retry_hint(

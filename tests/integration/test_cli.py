@@ -105,6 +105,31 @@ async def test_serve_runs_rooms_then_drains_on_sigterm_and_exits_0(
     assert "draining" in await trio.Path(log).read_text()
 
 
+async def test_second_sigterm_during_the_drain_exits_at_once_with_143(tmp_path: Path) -> None:
+    # A client that never answers the close frame holds the drain for NEXUS_CLOSE_TIMEOUT.
+    log = tmp_path / "stderr.log"
+    with trio.fail_after(START_TIMEOUT + 30):
+        async with trio.open_nursery() as nursery, served(
+                log, DATABASE_URL="memory", NEXUS_CLOSE_TIMEOUT="300",
+                NEXUS_DRAIN_TIMEOUT="600") as (process, port):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            host = await TestClient.open(stream, query(host="", name="GM"), nursery)
+            assert (await host.next("event"))["data"]["name"] == "session/created"
+            host.stall()
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                while True:  # polling is the only way to see an external process's log
+                    if "draining:" in await trio.Path(log).read_text():
+                        break
+                    await trio.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                assert await process.wait() == 128 + signal.SIGTERM
+            nursery.cancel_scope.cancel()  # the stalled client's reader
+    text = await trio.Path(log).read_text()
+    assert "received SIGTERM again; exiting without finishing the drain" in text, text
+
+
 async def test_bad_setting_exits_2_with_one_line_naming_it_and_never_listens() -> None:
     with trio.fail_after(RUN_TIMEOUT):
         result = await trio.run_process(

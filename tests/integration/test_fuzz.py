@@ -741,7 +741,7 @@ def cases(frames: st.SearchStrategy[tuple[Frame, ...]]) -> st.SearchStrategy[Cas
 async def serve_on_free_port(config: Config, *,
                              task_status: trio.TaskStatus[Server]) -> None:
     store = MemoryStore(journal_retain=config.journal_retain)
-    await serve(config, store=store, shutdown_trigger=None, task_status=task_status)
+    await serve(config, store=store, handle_signals=False, task_status=task_status)
 
 
 class SerialStream(trio.abc.Stream):

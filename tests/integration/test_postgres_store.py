@@ -723,7 +723,7 @@ async def live_server(store: PostgresStore, **overrides: Any) -> AsyncIterator[L
 
     async def run(*, task_status: trio.TaskStatus[Server]) -> None:
         try:
-            await serve(config, store=store, listeners=listeners, shutdown_trigger=None,
+            await serve(config, store=store, listeners=listeners, handle_signals=False,
                         task_status=task_status)
         finally:
             stopped.set()

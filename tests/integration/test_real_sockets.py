@@ -104,7 +104,7 @@ async def live_server(**overrides: Any) -> AsyncIterator[LiveServer]:
 
     async def run(*, task_status: trio.TaskStatus[Server]) -> None:
         try:
-            await serve(config, store=store, shutdown_trigger=None, task_status=task_status)
+            await serve(config, store=store, handle_signals=False, task_status=task_status)
         finally:
             stopped.set()
 

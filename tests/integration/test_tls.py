@@ -46,7 +46,7 @@ async def tls_server(cert: str, key: str) -> AsyncIterator[Server]:
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(
-                lambda task_status: serve(config, store=MemoryStore(), shutdown_trigger=None,
+                lambda task_status: serve(config, store=MemoryStore(), handle_signals=False,
                                           task_status=task_status))
             try:
                 yield server

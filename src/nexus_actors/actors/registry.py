@@ -11,11 +11,13 @@ room that is about to exit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import trio
 
+from ..config import Config
 from ..errors import Code
 from ..protocol import outbound
 from ..protocol.connect import CODE_ALPHABET, CODE_LENGTH, CreateRoom
@@ -156,8 +158,7 @@ async def run_registry(services: Services, inbox: trio.MemoryReceiveChannel[Regi
                 elif isinstance(m, DrainRooms):
                     draining = m.done
                     log.info("draining %d rooms", len(rooms))
-                    for entry in rooms.values():
-                        tell(entry, Drain())
+                    nursery.start_soon(_drain_in_batches, config, list(rooms.values()), tell)
                     if not rooms:
                         draining.set()
                 elif isinstance(m, CrashRoom):
@@ -182,6 +183,21 @@ async def run_registry(services: Services, inbox: trio.MemoryReceiveChannel[Regi
                         pass
                 services.metrics.rooms_live = len(rooms)
             nursery.cancel_scope.cancel()
+
+
+async def _drain_in_batches(config: Config, entries: list[_Entry],
+                            tell: Callable[[_Entry, RoomMsg], None]) -> None:
+    """Tell rooms to drain ``drain_batch`` at a time, the batches spread evenly over
+    ``drain_spread`` (at most a quarter of the drain timeout): clients are sent away, and
+    reconnect elsewhere, in waves instead of all at once."""
+    batch = config.drain_batch
+    count = -(-len(entries) // batch)
+    spread = min(config.drain_spread, config.drain_timeout / 4)
+    began = trio.current_time()
+    for index in range(count):
+        await trio.sleep_until(began + spread * index / count)
+        for entry in entries[index * batch:(index + 1) * batch]:
+            tell(entry, Drain())
 
 
 async def _send_later(channel: trio.MemorySendChannel[RoomMsg], message: RoomMsg) -> None:

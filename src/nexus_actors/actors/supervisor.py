@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -89,11 +89,26 @@ class Server:
         await done.wait()
 
 
-async def wait_for_signal() -> None:
+class Interrupted(Exception):
+    """A second SIGTERM or SIGINT came during the drain: the server stopped without it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+async def _watch_signals(stop: trio.Event, abort: Callable[[int], None]) -> None:
+    """The first SIGTERM or SIGINT begins the drain; a second one aborts it."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            log.info("received %s; draining", signal.Signals(signum).name)
-            return
+            name = signal.Signals(signum).name
+            if not stop.is_set():
+                log.info("received %s; draining", name)
+                stop.set()
+            else:
+                log.warning("received %s again; exiting without finishing the drain", name)
+                abort(signum)
+                return
 
 
 async def serve(
@@ -102,10 +117,14 @@ async def serve(
     deps: Deps | None = None,
     store: Store | None = None,
     listeners: list[trio.abc.Listener[trio.abc.Stream]] | None = None,
-    shutdown_trigger: Callable[[], Awaitable[None]] | None = wait_for_signal,
+    handle_signals: bool = True,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until ``shutdown_trigger`` returns or :meth:`Server.shutdown`; then drain."""
+    """Serve until SIGTERM or SIGINT (``handle_signals``) or :meth:`Server.shutdown`; drain.
+
+    A second signal during the drain cancels it: :class:`Interrupted` is raised once every
+    task has stopped (a commit in progress finishes; nothing else is waited for).
+    """
     deps = deps or Deps.production()
     store = store if store is not None else MemoryStore(journal_retain=config.journal_retain)
     health = Health(started_at=trio.current_time())
@@ -126,15 +145,21 @@ async def serve(
     stop = trio.Event()
     server = Server(config=config, health=health, store=store, listeners=listeners,
                     listener=listener, registry=registry_send, persist=persist_send, stop=stop)
+    interrupted: list[int] = []
     async with trio.open_nursery() as root:
+
+        def abort(signum: int) -> None:
+            interrupted.append(signum)
+            root.cancel_scope.cancel()
+
         await root.start(run_persistence, store, persist_receive, config, health, metrics)
         await root.start(run_registry, services, registry_receive)
         await root.start(run_janitor, services)
         accepting = trio.CancelScope()
         connections = await root.start(_nursery_forever)
         root.start_soon(_accept, listener, listeners, connections, accepting)
-        if shutdown_trigger is not None:
-            root.start_soon(_trigger, shutdown_trigger, stop)
+        if handle_signals:
+            root.start_soon(_watch_signals, stop, abort)
         scheme = "https/wss" if config.tls_cert else "http/ws"
         for port in server.ports:
             log.info("listening on %s:%d (%s)", config.host, port, scheme)
@@ -145,6 +170,8 @@ async def serve(
         await stop.wait()
         await _drain(server, accepting, registry_send, persist_send, listener)
         root.cancel_scope.cancel()
+    if interrupted:
+        raise Interrupted(interrupted[0])
     log.info("stopped")
 
 
@@ -163,11 +190,6 @@ def _observe(metrics: Metrics, health: Health, listener: Listener,
     metrics.gauge("draining", "1 while the server drains.", lambda: 1 if health.draining else 0)
     metrics.gauge("uptime_seconds", "Seconds since the server started.",
                   lambda: trio.current_time() - health.started_at)
-
-
-async def _trigger(trigger: Callable[[], Awaitable[None]], stop: trio.Event) -> None:
-    await trigger()
-    stop.set()
 
 
 async def _nursery_forever(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:

@@ -49,7 +49,7 @@ class TestServer:
         try:
             with self._scope:
                 await serve(self.config, deps=self.deps, store=self.store,
-                            listeners=[self.listener], shutdown_trigger=None,
+                            listeners=[self.listener], handle_signals=False,
                             task_status=task_status)
         finally:
             self._stopped.set()
