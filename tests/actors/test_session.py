@@ -298,6 +298,101 @@ async def test_a_second_connection_with_the_same_token_supersedes_the_first(
         assert {"id": ana.uuid, "name": "Ana", "role": "player", "connected": True} in players
 
 
+# Token rotation ------------------------------------------------------------------
+
+
+async def rotated(client: TestClient) -> str:
+    """The token of the ``session/token`` notice ``client`` gets after resuming."""
+    notice = await client.until("event", "session/token")
+    assert set(notice) == {"type", "data", "timestamp"}  # a notice, not a journaled event
+    assert set(notice["data"]) == {"name", "token"}
+    return str(notice["data"]["token"])
+
+
+async def test_each_resume_rotates_the_token_and_retires_the_one_before(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        host = await server.create("GM")
+        ana = await server.join(host.room, "Ana")
+        first = ana.token
+        ana.drop()
+        back = await server.resume(ana)
+        assert back.session["token"] == first  # the session frame echoes what was presented
+        second = await rotated(back)
+        assert second != first
+        assert len(second) >= 32
+        back.drop()
+        again = await server.resume(back)  # with the new token
+        third = await rotated(again)
+        assert len({first, second, third}) == 3
+        again.drop()
+        target = query(reconnect=host.room, token=first)
+        assert await refused(server, target) == ("invalid-token", 4401)
+        assert second not in repr(host.frames)
+        assert third not in repr(host.frames)
+
+
+async def test_the_presented_token_still_resumes_until_the_new_one_is_used(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # The connection may drop before the new token arrives: the old one must still work.
+    async with open_server() as server:
+        host = await server.create("GM")
+        ana = await server.join(host.room, "Ana")
+        first = ana.token
+        server.store.pause()  # the rotation is not durable: no notice yet
+        back = await server.resume(ana)
+        await barrier(back)
+        assert back.events("session/token") == []
+        back.drop()
+        server.store.resume()
+        again = await server.resume(ana)  # ana's client only ever had the first token
+        newest = await rotated(again)
+        again.drop()
+        latest = await server.connect(query(reconnect=host.room, token=newest))
+        assert (await latest.next("event"))["data"]["name"] == "session/reconnected"
+        latest.drop()
+        assert await refused(server, query(reconnect=host.room, token=first)) == (
+            "invalid-token", 4401)
+
+
+async def test_a_superseded_connection_never_gets_the_token_of_its_successor(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        host = await server.create("GM")
+        ana = await server.join(host.room, "Ana")
+        server.store.pause()
+        old = await server.resume(ana)
+        await barrier(old)
+        new = await server.resume(ana)  # supersedes old before its rotation is durable
+        server.store.resume()
+        newest = await rotated(new)
+        assert await old.wait_closed() == 4000
+        assert old.events("session/token") == []
+        assert newest != ana.token
+
+
+async def test_a_rotated_token_survives_a_restart_and_a_kill(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        host = await server.create("GM")
+        ana = await server.join(host.room, "Ana")
+        first = ana.token
+        back = await server.resume(ana)
+        second = await rotated(back)
+        await server.restart()
+        again = await server.connect(query(reconnect=host.room, token=second))
+        assert (await again.next("event"))["data"]["name"] == "session/reconnected"
+        third = await rotated(again)
+        await server.kill()  # the third token was durable before it was sent
+        await server.start()
+        last = await server.connect(query(reconnect=host.room, token=third))
+        assert (await last.next("event"))["data"]["name"] == "session/reconnected"
+        await rotated(last)
+        for stale in (first, second):
+            assert await refused(server, query(reconnect=host.room, token=stale)) == (
+                "invalid-token", 4401)
+
+
 # Replay on resume ------------------------------------------------------------
 
 

@@ -51,6 +51,7 @@ from nexus_actors.store.base import (
     LogConnection,
     PutPresence,
     PutRoom,
+    PutSeatToken,
     PutSnapshot,
     RoomStatus,
     Write,
@@ -599,6 +600,29 @@ async def test_presence_updates_the_seat_and_its_last_seen(database_url: str) ->
     assert await players(database_url) == {"h": ("H", True), "ana": ("ANA", True)}
     assert record is not None
     assert record.last_seen["ana"] == T0 + 900
+
+
+async def test_a_rotated_token_is_loaded_with_the_one_before_and_never_stored_plain(
+        database_url: str) -> None:
+    async with opened(database_url) as store:
+        await store.commit([*new_room(), join(2, "ana")])
+        before = await store.load_room(CODE)
+        rotate = PutSeatToken(code=CODE, member_id="ana", token_hash=hash_token("second"),
+                              previous_hash=hash_token("token-of-ana"))
+        await store.commit([rotate])
+        await store.commit([rotate])  # a retried batch changes nothing
+        # A seat that is gone is no error (it left in a batch committed before).
+        await store.commit([PutSeatToken(code=CODE, member_id="gone", token_hash="x",
+                                         previous_hash="y")])
+        after = await store.load_room(CODE)
+    assert before is not None
+    assert before.tokens == {}
+    assert after is not None
+    assert after.tokens == {"ana": (hash_token("second"), hash_token("token-of-ana"))}
+    stored = await rows(database_url, "SELECT token_hash, previous_token_hash FROM players"
+                                      " WHERE room_code = %s AND id = 'ana'", (CODE,))
+    assert stored == [(hash_token("second"), hash_token("token-of-ana"))]
+    assert "second" not in repr(await dump(database_url))  # hashes are hex
 
 
 async def test_connection_log_lands_and_unknown_rooms_are_skipped(database_url: str) -> None:

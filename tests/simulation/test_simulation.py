@@ -17,6 +17,7 @@ import pytest
 
 from nexus_actors.actors import gate, room
 from nexus_actors.room import cursors, events
+from nexus_actors.room.state import Seat
 from nexus_actors.testing import campaign
 from nexus_actors.testing.simulation import FAULTS, Outcome, run, shrink
 
@@ -119,7 +120,17 @@ def _co_host_kept_after_leaving(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(events, "_remove_seat", leaky)
 
 
+def _rotation_forgets_the_presented_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    def forgetful(self: Seat, presented: str, newest: str) -> None:
+        self.previous_hash = ""
+        self.token_hash = newest
+
+    monkeypatch.setattr(Seat, "rotate", forgetful)
+
+
 PLANTED: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
+    "rotation forgets the presented token": (_rotation_forgets_the_presented_token,
+                                             "did not resume its seat"),
     "replay skips an event": (_skip_one_event_on_resume, "replay from"),
     "ack before commit": (_ack_before_commit, "is not durable"),
     "no host promotion": (_no_host_promotion, "past its grace period"),

@@ -491,6 +491,29 @@ def test_a_join_event_never_broadcasts_the_token_hash() -> None:
     }
 
 
+def test_a_seat_accepts_its_newest_and_its_last_presented_token_only() -> None:
+    seat = Seat(id="ana", name="Ana", token_hash="t1")
+
+    def accepted() -> list[str]:
+        return [token for token in ("", "t1", "t2", "t3", "t4") if seat.accepts(token)]
+
+    assert accepted() == ["t1"]
+    seat.rotate("t1", "t2")  # resumed with t1; t2 is sent next
+    assert accepted() == ["t1", "t2"]
+    seat.rotate("t1", "t3")  # t2 never arrived: resumed with t1 again
+    assert accepted() == ["t1", "t3"]
+    seat.rotate("t3", "t4")  # t3 arrived and was used: t1 is retired
+    assert accepted() == ["t3", "t4"]
+
+
+def test_a_snapshot_keeps_both_token_hashes_of_a_seat() -> None:
+    room = Room()
+    room.join("gm")
+    room.state.seats["gm"].rotate("hash-gm", "hash-gm-2")
+    restored = RoomState.from_snapshot(orjson.loads(orjson.dumps(room.state.snapshot())))
+    assert restored.seats["gm"] == room.state.seats["gm"]
+
+
 def test_event_json_round_trips_with_its_secret() -> None:
     event = Room().join("gm")
     assert Event.from_json(orjson.loads(orjson.dumps(event.to_json()))) == event

@@ -3,7 +3,8 @@
 A room broadcasts an event to the other members at once, but the sender's own
 copy, its ``event-ack`` and its ``update-confirmed`` wait until the
 persistence actor reports the event committed; a new seat's welcome (with its
-resume token) waits until the seat's ``session/join`` is committed. The gate
+resume token) waits until the seat's ``session/join`` is committed, and a
+rotated token's ``session/token`` until the rotation is. The gate
 keeps those frames, in sequence order, and releases them as the durable
 sequence advances. It is owned by one room actor and does no I/O: frames are
 queued on peers, which the room flushes.
@@ -39,6 +40,7 @@ class OutputGate:
         self._marks: deque[tuple[int, int]] = deque()
         self._waiting: deque[_Waiting] = deque()
         self._seats: dict[str, int] = {}
+        self._after_marks: deque[tuple[int, str, Peer, Wire]] = deque()
 
     def journaled(self, mark: int, sequence: int) -> None:
         """Event ``sequence`` was handed to the persistence actor as intent ``mark``."""
@@ -75,6 +77,11 @@ class OutputGate:
             peer.hold()
             self._seats[member_id] = sequence
 
+    def when_durable(self, mark: int, member_id: str, peer: Peer, frame: Wire) -> None:
+        """Queue ``frame`` on ``peer`` once intent ``mark`` is durable, if ``peer`` is then
+        still the member's connection (a later connection may hold a newer frame)."""
+        self._after_marks.append((mark, member_id, peer, frame))
+
     def forget(self, member_id: str) -> None:
         """The member's connection is gone: nothing of it is held any more."""
         self._seats.pop(member_id, None)
@@ -95,6 +102,10 @@ class OutputGate:
                 if sequence > seen:
                     peer.queue(wire)
             for frame in entry.frames:
+                peer.queue(frame)
+        while self._after_marks and self._after_marks[0][0] <= mark:
+            _, member_id, peer, frame = self._after_marks.popleft()
+            if members.get(member_id) is peer:
                 peer.queue(frame)
         for member_id, sequence in list(self._seats.items()):
             if sequence <= durable:

@@ -13,7 +13,6 @@ the persistence actor reports the event committed (the output gate).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 from collections import deque
 from typing import Any
@@ -37,6 +36,7 @@ from ..store.base import (
     LogConnection,
     PutPresence,
     PutRoom,
+    PutSeatToken,
     PutSnapshot,
     RoomRecord,
     Write,
@@ -214,6 +214,10 @@ class Room:
         for event in record.journal:
             if event.sequence > state.sequence:
                 ev.apply(state, event, chat_history=self.config.chat_history)
+        for member_id, (token_hash, previous_hash) in record.tokens.items():
+            seat = state.seats.get(member_id)  # rotations are not journaled
+            if seat is not None:
+                seat.token_hash, seat.previous_hash = token_hash, previous_hash
         self.state = state
         retained = list(record.journal)[-self.config.journal_retain:]
         self.journal.extend((e.sequence, e.event_id, e.wire().payload) for e in retained)
@@ -381,8 +385,7 @@ class Room:
         assert state is not None
         if isinstance(request, ResumeSeat):
             digest = hash_token(request.token)
-            member_id = next((s.id for s in state.seats.values()
-                              if hmac.compare_digest(s.token_hash, digest)), None)
+            member_id = next((s.id for s in state.seats.values() if s.accepts(digest)), None)
             if member_id is None:
                 self._refuse(a, Code.INVALID_TOKEN, "no seat in this room has that token",
                              close.INVALID_TOKEN)
@@ -401,6 +404,7 @@ class Room:
                 a.peer, "session/reconnected", member_id, request.token,
                 resume=resume_point(request.last_seen, request.epoch, sequence=state.sequence,
                                     epochs=self.epochs, first_retained=self._first_retained()))
+            self._rotate_token(state.seats[member_id], digest, a.peer)
             metrics = self.s.metrics
             metrics.resumes["baseline" if replayed is None else "replay"] += 1
             metrics.replayed_events += replayed or 0
@@ -431,6 +435,21 @@ class Room:
             name = "session/created" if isinstance(request, CreateRoom) else "session/joined"
             self._welcome(a.peer, name, seat.id, token, resume=None)
         self._check_host(trio.current_time())
+
+    def _rotate_token(self, seat: Seat, presented: str, peer: Peer) -> None:
+        """Give the seat a new token; send it in ``session/token`` once that is durable.
+
+        The token presented stays valid beside the new one until the member presents the
+        new one, so a member whose connection drops before the notice arrives, or whose
+        notice is lost with the room, still holds a token that resumes the seat.
+        """
+        token = self.s.deps.new_token()
+        seat.rotate(presented, hash_token(token))
+        mark = self._write(PutSeatToken(code=self.code, member_id=seat.id,
+                                        token_hash=seat.token_hash,
+                                        previous_hash=seat.previous_hash))
+        self.gate.when_durable(mark, seat.id, peer,
+                               self._notice("session/token", {"token": token}))
 
     def _seat(self, a: Attach, member_id: str) -> bool:
         """Bind the connection to the seat and answer the connection; false if it is gone."""

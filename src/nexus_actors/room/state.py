@@ -2,11 +2,13 @@
 
 Everything here is plain data that round-trips through JSON. It is changed
 only by :func:`nexus_actors.room.events.apply`, on the server, when a room is
-restored from the store, and in clients that keep a copy.
+restored from the store, and in clients that keep a copy; a seat's token hashes
+also change when its member resumes (:meth:`Seat.rotate`, not an event).
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Any, Literal
 
 import attrs
@@ -24,7 +26,25 @@ class Seat:
     "Public member id (``uuid`` on the wire)."
     name: str
     token_hash: str
-    "SHA-256 of the member's resume token; the token itself is never stored."
+    "SHA-256 of the member's newest resume token; the token itself is never stored."
+    previous_hash: str = ""
+    """SHA-256 of the token the member presented at its last resume, still accepted until
+    it presents the newest (``""``: none). See :meth:`rotate`."""
+
+    def accepts(self, digest: str) -> bool:
+        """Whether a token hashing to ``digest`` resumes this seat (constant time)."""
+        current = hmac.compare_digest(self.token_hash, digest)
+        previous = hmac.compare_digest(self.previous_hash, digest) and bool(self.previous_hash)
+        return current or previous
+
+    def rotate(self, presented: str, newest: str) -> None:
+        """After a resume with the token hashing to ``presented``: ``newest`` is sent next.
+
+        Both stay valid until the member resumes with ``newest``: if the connection drops
+        before ``newest`` arrives, the member still holds ``presented``.
+        """
+        self.previous_hash = presented
+        self.token_hash = newest
 
 
 @attrs.define(kw_only=True)
@@ -87,7 +107,8 @@ class RoomState:
             "code": self.code,
             "sequence": self.sequence,
             "state": self.public(),
-            "seats": [{"id": s.id, "name": s.name, "tokenHash": s.token_hash}
+            "seats": [{"id": s.id, "name": s.name, "tokenHash": s.token_hash,
+                       **({"previousTokenHash": s.previous_hash} if s.previous_hash else {})}
                       for s in self.seats.values()],
             "hostId": self.host_id,
             "coHosts": [
@@ -109,7 +130,8 @@ class RoomState:
             characters=state["characters"],
             initiative=state["initiative"],
             chat=state["chat"],
-            seats={s["id"]: Seat(id=s["id"], name=s["name"], token_hash=s["tokenHash"])
+            seats={s["id"]: Seat(id=s["id"], name=s["name"], token_hash=s["tokenHash"],
+                                 previous_hash=s.get("previousTokenHash", ""))
                    for s in snapshot["seats"]},
             host_id=snapshot["hostId"],
             co_host_ids=[c["id"] for c in co_hosts],

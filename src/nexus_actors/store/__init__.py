@@ -5,6 +5,7 @@ from .base import (
     LogConnection as LogConnection,
     PutPresence as PutPresence,
     PutRoom as PutRoom,
+    PutSeatToken as PutSeatToken,
     PutSnapshot as PutSnapshot,
     RoomRecord as RoomRecord,
     RoomStats as RoomStats,

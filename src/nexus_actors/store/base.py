@@ -61,6 +61,22 @@ class PutPresence:
 
 
 @attrs.frozen(kw_only=True)
+class PutSeatToken:
+    """A seat's resume token was rotated: the hashes a ``reconnect`` may present now.
+
+    Not journaled (other members never see it); a room loaded from the store takes its
+    seats' hashes from here rather than from the snapshot or the ``session/join`` event.
+    """
+
+    code: str
+    member_id: str
+    token_hash: str
+    "The newest token, sent to the member once this write is durable."
+    previous_hash: str
+    "The token the member presented to resume: still valid until it uses the newest."
+
+
+@attrs.frozen(kw_only=True)
 class LogConnection:
     """A connection lifecycle record for ``connection_events`` (best-effort analytics)."""
 
@@ -72,7 +88,7 @@ class LogConnection:
     metadata: dict[str, Any] | None = None
 
 
-Write = AppendEvent | PutSnapshot | PutRoom | PutPresence | LogConnection
+Write = AppendEvent | PutSnapshot | PutRoom | PutPresence | PutSeatToken | LogConnection
 
 
 @attrs.frozen(kw_only=True)
@@ -89,6 +105,9 @@ class RoomRecord:
     "Retained events in ``serverSequence`` order (at least every event after the snapshot)."
     last_seen: Mapping[str, int] = attrs.Factory(dict)
     "When each seat was last seen connected (wall-clock ms), where known."
+    tokens: Mapping[str, tuple[str, str]] = attrs.Factory(dict)
+    """Seat → ``(token hash, previous token hash)`` of its latest rotation, where one was
+    recorded (``""``: no previous token)."""
 
 
 @attrs.frozen(kw_only=True)

@@ -23,6 +23,7 @@ from .base import (
     LogConnection,
     PutPresence,
     PutRoom,
+    PutSeatToken,
     RoomRecord,
     RoomStats,
     RoomStatus,
@@ -39,6 +40,7 @@ class _Row:
     snapshot: bytes | None = None
     snapshot_sequence: int = 0
     last_seen: dict[str, int] = attrs.Factory(dict)
+    tokens: dict[str, tuple[str, str]] = attrs.Factory(dict)
     connected: set[str] = attrs.Factory(set)
     journal: deque[tuple[int, str, bytes]] = attrs.Factory(deque)
     "``(serverSequence, eventId, JSON)``: stored serialized, as a database would."
@@ -113,7 +115,7 @@ class MemoryStore:
         return RoomRecord(code=code, status=row.status, last_activity=row.last_activity,
                           epochs=row.epochs, snapshot=row.snapshot,
                           journal=[_decode(entry) for entry in row.journal],
-                          last_seen=dict(row.last_seen))
+                          last_seen=dict(row.last_seen), tokens=dict(row.tokens))
 
     async def commit(self, writes: Sequence[Write]) -> None:
         await self._gate()
@@ -205,6 +207,9 @@ class MemoryStore:
                     row.connected.add(write.member_id)
                 else:
                     row.connected.discard(write.member_id)
+            elif isinstance(write, PutSeatToken):
+                assert row is not None
+                row.tokens[write.member_id] = (write.token_hash, write.previous_hash)
             else:
                 assert row is not None
                 row.snapshot = write.snapshot

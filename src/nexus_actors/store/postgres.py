@@ -32,6 +32,7 @@ from .base import (
     AppendEvent,
     PutPresence,
     PutRoom,
+    PutSeatToken,
     PutSnapshot,
     RoomRecord,
     RoomStats,
@@ -230,16 +231,19 @@ def _load_room(conn: psycopg.Connection[Any], code: str) -> RoomRecord | None:
             " (extract(epoch FROM created_at) * 1000)::bigint, secret::text"
             " FROM room_events WHERE room_code = %s ORDER BY server_sequence", (code,))
     ]
-    last_seen = {
-        r[0]: r[1] for r in conn.execute(
-            "SELECT id, (extract(epoch FROM last_seen) * 1000)::bigint FROM players"
-            " WHERE room_code = %s", (code,))
-    }
+    last_seen: dict[str, int] = {}
+    tokens: dict[str, tuple[str, str]] = {}
+    for member_id, seen, token_hash, previous_hash in conn.execute(
+            "SELECT id, (extract(epoch FROM last_seen) * 1000)::bigint, token_hash,"
+            " previous_token_hash FROM players WHERE room_code = %s", (code,)):
+        last_seen[member_id] = seen
+        if previous_hash is not None:
+            tokens[member_id] = (token_hash, previous_hash)
     return RoomRecord(
         code=code, status=status, last_activity=row[1],
         epochs=epochs,
         snapshot=snapshot_row[0].encode() if snapshot_row is not None else None,
-        journal=events, last_seen=last_seen)
+        journal=events, last_seen=last_seen, tokens=tokens)
 
 
 # Writes ---------------------------------------------------------------------
@@ -269,6 +273,9 @@ _TRIM: LiteralString = (
     "DELETE FROM room_events WHERE room_code = %s AND server_sequence <= %s")
 _PRESENCE: LiteralString = (
     "UPDATE players SET connected = %s, last_seen = to_timestamp(%s / 1000.0)"
+    " WHERE room_code = %s AND id = %s")
+_SEAT_TOKEN: LiteralString = (
+    "UPDATE players SET token_hash = %s, previous_token_hash = %s"
     " WHERE room_code = %s AND id = %s")
 _CONNECTION_EVENT: LiteralString = (
     "INSERT INTO connection_events (room_code, user_id, event_type, timestamp, metadata)"
@@ -322,6 +329,9 @@ def _commit(conn: psycopg.Connection[Any], writes: Sequence[Write], retain: int)
             elif isinstance(write, PutPresence):
                 cursor.execute(_PRESENCE, (write.connected, write.at, write.code,
                                            write.member_id))
+            elif isinstance(write, PutSeatToken):
+                cursor.execute(_SEAT_TOKEN, (write.token_hash, write.previous_hash,
+                                             write.code, write.member_id))
             else:
                 cursor.execute(_CONNECTION_EVENT, (
                     write.code, write.user_id, write.kind, write.at, _json(write.metadata),

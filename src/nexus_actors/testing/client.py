@@ -60,7 +60,9 @@ class TestClient:
         self._ids = itertools.count(1)
         self._instance = next(TestClient._instances)
         self.session: dict[str, Any] = {}
-        "``data`` of the first ``session/*`` frame."
+        "``data`` of the session frame (``session/created``, ``joined`` or ``reconnected``)."
+        self.latest_token: str | None = None
+        "The newest resume token received (session frame or ``session/token`` notice)."
         self.response: Response | None = None
 
     # Opening -------------------------------------------------------------
@@ -145,9 +147,12 @@ class TestClient:
         if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
             frame = orjson.loads(event.data)
             self.frames.append(frame)
-            if not self.session and frame.get("type") == "event" and str(
-                    frame["data"].get("name", "")).startswith("session/"):
-                self.session = frame["data"]
+            if frame.get("type") == "event" and "serverSequence" not in frame:
+                data = frame["data"]
+                if not self.session and "roomCode" in data:
+                    self.session = data
+                if "token" in data:  # a session frame or a session/token notice
+                    self.latest_token = str(data["token"])
             self._arrived.set()
             self._arrived = trio.Event()
 
@@ -272,7 +277,9 @@ class TestClient:
 
     @property
     def token(self) -> str:
-        return str(self.session["token"])
+        """The newest resume token this connection received."""
+        assert self.latest_token is not None, "no session frame yet"
+        return self.latest_token
 
     @property
     def room(self) -> str:

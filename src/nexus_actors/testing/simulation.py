@@ -85,6 +85,8 @@ class Agent:
     token: str | None = None
     status: str = "new"
     "new, connected, away (dropped or sent away), stalled, left, kicked, refused"
+    refused_seat: str | None = None
+    "The seat whose resume was refused ``invalid-token`` (checked against the room)."
     outbox: dict[str, tuple[str, dict[str, Any]]] = attrs.Factory(dict)
     "Durable events sent and not yet answered: resent with the same eventId on resume."
     acked: dict[str, tuple[str, int]] = attrs.Factory(dict)
@@ -443,6 +445,8 @@ class Simulation:
             agent.status = {4001: "kicked", 1000: "left"}.get(code or 0, "away")
             if code in (4401, 4404):
                 agent.status = "refused"
+            if code == 4401:
+                agent.refused_seat = agent.uuid
 
     def _take(self, agent: Agent, frame: dict[str, Any]) -> None:
         kind = frame["type"]
@@ -457,6 +461,8 @@ class Simulation:
             agent.replica.session(data)
         elif agent.replica is None:
             return  # refused before a session began
+        elif kind == "event" and data.get("name") == "session/token":
+            agent.token = data["token"]  # the rotated token replaces the one presented
         elif kind == "event-cursor":
             agent.replica.cursor_mode(data)
             for event_id in list(agent.outbox):  # resend what was never answered
@@ -558,6 +564,12 @@ class Simulation:
             if deadline is None or deadline < trio.current_time():
                 raise Violation(f"room {index}: primary host {server.host_id} is gone past "
                                 f"its grace period and {sorted(connected)} are connected")
+        for agent in self.agents:
+            if agent.room == index and agent.refused_seat is not None:
+                if agent.refused_seat in server.seats:
+                    raise Violation(f"{agent.name}: the newest token it was given did not "
+                                    f"resume its seat {agent.refused_seat}")
+                agent.refused_seat = None
         expected = comparable(server)
         for agent in self.agents:
             replica = agent.replica
