@@ -23,6 +23,7 @@ outlives its test: each is killed in a ``finally``.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import signal
 import subprocess
@@ -388,6 +389,45 @@ async def test_rooms_seats_and_hosts_survive_a_sigterm_restart(database_url: str
                 assert [(f["eventId"], f["serverSequence"]) for f in other.events()
                         if "serverSequence" in f] == [(scene, sequence + 1), (chat, sequence + 2)]
             assert_sound(await journal(database_url, code))
+
+
+async def test_a_rotated_token_resumes_across_a_sigterm_restart_and_a_kill_9(
+        database_url: str, tmp_path: Path) -> None:
+    async def newest(client: TestClient) -> str:
+        return str((await client.until("event", "session/token"))["data"]["token"])
+
+    with trio.fail_after(60):
+        async with cluster(database_url, tmp_path) as servers:
+            first = await servers.start()
+            gm = await first.create("GM")
+            code = gm.room
+            ana = await first.join(code, "Ana")
+            original = ana.token
+            ana.drop()
+            again, _ = await first.resume(code, original, last_seen=None, epoch=None)
+            rotated = await newest(again)
+            assert await first.drain() == 0
+
+            second = await servers.start()
+            back, _ = await second.resume(code, rotated, last_seen=None, epoch=None)
+            latest = await newest(back)  # durable before it was sent
+            await second.kill()
+
+            third = await servers.start()
+
+            async def refused(token: str) -> None:
+                refusal = await third.connect(query(reconnect=code, token=token))
+                assert (await refusal.next("error"))["data"]["code"] == "invalid-token"
+                assert await refusal.wait_closed() == 4401
+
+            await refused(original)  # retired when the rotated token was presented
+            final, _ = await third.resume(code, latest, last_seen=None, epoch=None)
+            assert final.uuid == ana.uuid
+            await newest(final)
+            await refused(rotated)  # retired now that the latest one was presented
+            stored = _fetch(database_url, "SELECT previous_token_hash FROM players"
+                                          " WHERE room_code = %s AND id = %s", (code, ana.uuid))
+            assert stored == [(hashlib.sha256(latest.encode()).hexdigest(),)]
 
 
 # 2. kill -9 under load ---------------------------------------------------------------
