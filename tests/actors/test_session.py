@@ -301,6 +301,13 @@ async def test_a_second_connection_with_the_same_token_supersedes_the_first(
 # Token rotation ------------------------------------------------------------------
 
 
+async def resumed_with(server: TestServer, code: str, token: str) -> TestClient:
+    """A connection that took back the seat of ``token`` (its session frame read)."""
+    client = await server.connect(query(reconnect=code, token=token))
+    assert (await client.next("event"))["data"]["name"] == "session/reconnected"
+    return client
+
+
 async def rotated(client: TestClient) -> str:
     """The token of the ``session/token`` notice ``client`` gets after resuming."""
     notice = await client.until("event", "session/token")
@@ -348,9 +355,7 @@ async def test_the_presented_token_still_resumes_until_the_new_one_is_used(
         again = await server.resume(ana)  # ana's client only ever had the first token
         newest = await rotated(again)
         again.drop()
-        latest = await server.connect(query(reconnect=host.room, token=newest))
-        assert (await latest.next("event"))["data"]["name"] == "session/reconnected"
-        latest.drop()
+        (await resumed_with(server, host.room, newest)).drop()
         assert await refused(server, query(reconnect=host.room, token=first)) == (
             "invalid-token", 4401)
 
@@ -380,14 +385,10 @@ async def test_a_rotated_token_survives_a_restart_and_a_kill(
         back = await server.resume(ana)
         second = await rotated(back)
         await server.restart()
-        again = await server.connect(query(reconnect=host.room, token=second))
-        assert (await again.next("event"))["data"]["name"] == "session/reconnected"
-        third = await rotated(again)
+        third = await rotated(await resumed_with(server, host.room, second))
         await server.kill()  # the third token was durable before it was sent
         await server.start()
-        last = await server.connect(query(reconnect=host.room, token=third))
-        assert (await last.next("event"))["data"]["name"] == "session/reconnected"
-        await rotated(last)
+        await rotated(await resumed_with(server, host.room, third))
         for stale in (first, second):
             assert await refused(server, query(reconnect=host.room, token=stale)) == (
                 "invalid-token", 4401)
