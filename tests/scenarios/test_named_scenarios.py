@@ -20,7 +20,7 @@ import trio.testing
 
 from nexus_actors.room.state import RoomState
 from nexus_actors.testing import ClientError, TestClient, TestServer, open_server, query
-from nexus_actors.testing.replica import Replica, comparable
+from nexus_actors.testing.replica import Replica
 
 SESSION_FRAMES = frozenset({"session/created", "session/joined", "session/reconnected"})
 
@@ -82,13 +82,13 @@ class Copy:
 
     def view(self) -> dict[str, Any]:
         assert self.replica.settled, "events still wait behind a gap, or a replay is unfinished"
-        return comparable(self.state_())
+        return self.state_().client_view()
 
 
 async def server_view(server: TestServer, code: str) -> dict[str, Any]:
     report = await server.running.inspect(code)
     assert report is not None
-    return comparable(RoomState.from_snapshot(report["snapshot"]))
+    return RoomState.from_snapshot(report["snapshot"]).client_view()
 
 
 # Helpers -------------------------------------------------------------------------

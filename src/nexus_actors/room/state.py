@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import attrs
 
-from .permissions import NONE, PRIMARY, Permissions
+from .permissions import CO_HOST, NONE, PRIMARY, Permissions
 
 Role = Literal["host", "co-host", "player"]
 
@@ -116,6 +116,33 @@ class RoomState:
                 for member_id in self.co_host_ids
             ],
         }
+
+    # What clients see ----------------------------------------------------
+
+    @classmethod
+    def from_session(cls, data: dict[str, Any]) -> RoomState:
+        """The room as a session frame's ``data`` describes it (no token hashes: clients
+        never see them; co-hosts with the default permissions, which is all v1 grants)."""
+        public = data["state"]
+        return cls(
+            code=data["roomCode"], sequence=data["sequence"],
+            scenes={k: dict(v) for k, v in public["scenes"].items()},
+            active_scene_id=public["activeSceneId"],
+            tokens={k: {**v, "position": dict(v["position"])}
+                    for k, v in public["tokens"].items()},
+            characters={k: dict(v) for k, v in public["characters"].items()},
+            initiative=dict(public["initiative"]), chat=[dict(m) for m in public["chat"]],
+            seats={p["id"]: Seat(id=p["id"], name=p["name"], token_hash="")
+                   for p in data["players"]},
+            host_id=data["hostId"], co_host_ids=list(data["coHostIds"]),
+            co_host_permissions=dict.fromkeys(data["coHostIds"], CO_HOST),
+        )
+
+    def client_view(self) -> dict[str, Any]:
+        """Everything a client can know of the room, for comparing two copies."""
+        return {"sequence": self.sequence, "state": self.public(),
+                "seats": [(s.id, s.name) for s in self.seats.values()],
+                "hostId": self.host_id, "coHostIds": list(self.co_host_ids)}
 
     @classmethod
     def from_snapshot(cls, snapshot: dict[str, Any]) -> RoomState:

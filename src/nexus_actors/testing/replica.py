@@ -17,42 +17,11 @@ from typing import Any
 import attrs
 
 from ..room import events as ev
-from ..room.permissions import CO_HOST
-from ..room.state import RoomState, Seat
+from ..room.state import RoomState
 
 
 class Inconsistent(AssertionError):
     """The server sent something a correct client cannot reconcile."""
-
-
-def state_from_session(code: str, data: dict[str, Any]) -> RoomState:
-    """The room as a session frame describes it (seat tokens are not shown to clients)."""
-    public = data["state"]
-    return RoomState(
-        code=code, sequence=data["sequence"],
-        scenes=_copy(public["scenes"]), active_scene_id=public["activeSceneId"],
-        tokens=_copy(public["tokens"]), characters=_copy(public["characters"]),
-        initiative=dict(public["initiative"]), chat=[dict(m) for m in public["chat"]],
-        seats={p["id"]: Seat(id=p["id"], name=p["name"], token_hash="")
-               for p in data["players"]},
-        host_id=data["hostId"], co_host_ids=list(data["coHostIds"]),
-        co_host_permissions=dict.fromkeys(data["coHostIds"], CO_HOST),
-    )
-
-
-def _copy(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {key: dict(value) for key, value in table.items()}
-
-
-def comparable(state: RoomState) -> dict[str, Any]:
-    """What a client can know of a room, to compare a copy with the server's."""
-    return {
-        "sequence": state.sequence,
-        "state": state.public(),
-        "seats": [(s.id, s.name) for s in state.seats.values()],
-        "hostId": state.host_id,
-        "coHostIds": list(state.co_host_ids),
-    }
 
 
 @attrs.define
@@ -97,7 +66,7 @@ class Replica:
         if data["mode"] == "baseline" or self.state is None:
             if data["mode"] == "resume":
                 raise Inconsistent("resume mode for a client that has no state")
-            self.state = state_from_session(self.code, session)
+            self.state = RoomState.from_session(session)
             self.epoch = session["epoch"]
             self.history = {}
             if data["sequence"] != session["sequence"]:
@@ -166,8 +135,8 @@ class Replica:
             return
         assert self.state is not None
         assert self._session is not None
-        expected = comparable(state_from_session(self.code, self._session))
-        if comparable(self.state) != expected:
+        expected = RoomState.from_session(self._session).client_view()
+        if self.state.client_view() != expected:
             raise Inconsistent("after the replay the client's state differs from the "
                                "session frame's")
         self._session = None

@@ -45,7 +45,7 @@ from ..room.state import RoomState
 from ..store.memory import MemoryStore
 from .client import TestClient, query
 from .harness import TestServer, open_server
-from .replica import Inconsistent, Replica, comparable
+from .replica import Inconsistent, Replica
 
 Step = dict[str, Any]
 "One action, as plain data: ``{'op': ..., ...}``."
@@ -570,7 +570,7 @@ class Simulation:
                     raise Violation(f"{agent.name}: the newest token it was given did not "
                                     f"resume its seat {agent.refused_seat}")
                 agent.refused_seat = None
-        expected = comparable(server)
+        expected = server.client_view()
         for agent in self.agents:
             replica = agent.replica
             if (agent.room != index or replica is None or replica.state is None
@@ -585,9 +585,9 @@ class Simulation:
                     or agent.client is None or agent.client.in_transit):
                 continue  # away, or frames still on a slow link: it cannot be up to date
             if healthy and not agent.outbox and replica.settled:
-                if comparable(replica.state) != expected:
+                if replica.state.client_view() != expected:
                     raise Violation(f"{agent.name} has not converged to room {index}: "
-                                    f"{_diff(comparable(replica.state), expected)}")
+                                    f"{_diff(replica.state.client_view(), expected)}")
                 stale = set(replica.cursors) - (connected - {agent.uuid})
                 if stale:
                     raise Violation(f"{agent.name} still shows cursors of {sorted(stale)}")

@@ -1,0 +1,239 @@
+"""One WebSocket connection over any trio stream, through ``websockets``' sans-I/O protocol.
+
+A :class:`Link` reads whole text messages (reassembling fragments; the
+protocol answers the server's pings by itself and the link writes the pongs
+at once) and writes queued messages at a paced rate, below the server's rate
+limit, with cursor updates coalesced to the latest one per interval. It knows
+nothing of the room protocol.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+
+import trio
+from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from ..protocol.limits import TokenBucket
+
+RECEIVE_SIZE = 65536
+MIN_WAIT = 0.001
+"Seconds: the shortest wait for the send pacing to allow the next message."
+
+
+class HandshakeFailed(Exception):
+    """The server did not upgrade the connection to a WebSocket."""
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        "The HTTP status, if a response came."
+        self.retry_after = retry_after
+        "Seconds from a ``Retry-After`` header (a 429 or 503)."
+
+
+class Link:
+    """A WebSocket client connection: text messages in, paced text messages out."""
+
+    def __init__(self, stream: trio.abc.Stream, protocol: ClientProtocol, *,
+                 idle_timeout: float, pacing: TokenBucket, cursor_interval: float,
+                 take_cursor: Callable[[], bytes | None]) -> None:
+        self.stream = stream
+        self.protocol = protocol
+        self.idle_timeout = idle_timeout
+        self.pacing = pacing
+        self.cursor_interval = cursor_interval
+        self.take_cursor = take_cursor
+        "Where the latest cursor update comes from (``None``: nothing new)."
+        self.reason = "dropped"
+        "Why the connection ended when there was no close frame: dropped, idle, or an abort."
+        self._messages: deque[bytes] = deque()
+        self._parts: list[bytes] | None = None
+        self._outgoing: deque[bytes] = deque()
+        self._ended = False
+        self._wake = trio.Event()
+        self._next_cursor = -math.inf
+        self._scope = trio.CancelScope()
+
+    # Opening --------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, stream: trio.abc.Stream, uri: str, *, compress: bool,
+                   idle_timeout: float, pacing: TokenBucket, cursor_interval: float,
+                   take_cursor: Callable[[], bytes | None]) -> Link:
+        """Run the opening handshake for ``uri`` (``ws://host:port/ws?...``) on ``stream``."""
+        # ``None``, not ``[]``: an empty list would send an empty extensions header.
+        extensions = [ClientPerMessageDeflateFactory()] if compress else None
+        protocol = ClientProtocol(parse_uri(uri), extensions=extensions, max_size=None)
+        protocol.send_request(protocol.connect())
+        link = cls(stream, protocol, idle_timeout=idle_timeout, pacing=pacing,
+                   cursor_interval=cursor_interval, take_cursor=take_cursor)
+        await link._write(protocol.data_to_send())
+        response: Response | None = None
+        while response is None:
+            try:
+                data = await stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise HandshakeFailed(f"connection lost during the handshake: {exc}") from exc
+            if not data:
+                raise HandshakeFailed("connection closed during the handshake")
+            protocol.receive_data(data)
+            for event in protocol.events_received():
+                if isinstance(event, Response):
+                    response = event
+                else:
+                    link._take(event)
+        if protocol.handshake_exc is not None or response.status_code != 101:
+            raise HandshakeFailed(f"handshake refused: HTTP {response.status_code}",
+                                  status=response.status_code,
+                                  retry_after=_retry_after(response))
+        return link
+
+    # Reading --------------------------------------------------------------------------
+
+    def _take(self, event: object) -> None:
+        if not isinstance(event, Frame):
+            return
+        if event.opcode is Opcode.TEXT:
+            self._parts = [bytes(event.data)]
+        elif event.opcode is Opcode.CONT and self._parts is not None:
+            self._parts.append(bytes(event.data))
+        else:
+            return
+        if event.fin:
+            self._messages.append(b"".join(self._parts))
+            self._parts = None
+
+    async def receive(self) -> bytes | None:
+        """The next text message; ``None`` once the connection has ended."""
+        while not self._messages:
+            if self._ended:
+                return None
+            with trio.move_on_after(self.idle_timeout) as idle:
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+            if idle.cancelled_caught:
+                self.reason = "idle"
+                self._ended = True
+                continue
+            if data:
+                self.protocol.receive_data(data)
+            else:
+                self.protocol.receive_eof()
+                self._ended = True
+            for event in self.protocol.events_received():
+                self._take(event)
+            if self.protocol.close_rcvd is not None or self.protocol.parser_exc is not None:
+                self._ended = True
+            self._wake.set()  # a pong or a closing frame to write
+        return self._messages.popleft()
+
+    @property
+    def close_code(self) -> int | None:
+        """The server's close code (``None``: the connection ended without a close frame)."""
+        close = self.protocol.close_rcvd
+        return close.code if close is not None else None
+
+    # Writing --------------------------------------------------------------------------
+
+    def send(self, messages: Iterable[bytes]) -> None:
+        """Queue text messages; they are written in order, paced."""
+        self._outgoing.extend(messages)
+        self._wake.set()
+
+    def nudge(self) -> None:
+        """Something may be ready to write (a new cursor position)."""
+        self._wake.set()
+
+    async def _write(self, chunks: list[bytes]) -> None:
+        data = b"".join(chunks)
+        if data:
+            await self.stream.send_all(data)
+        if chunks and not chunks[-1] and isinstance(self.stream, trio.abc.HalfCloseableStream):
+            await self.stream.send_eof()  # the protocol asked to end the stream
+
+    def _next_message(self, now: float) -> tuple[bytes | None, float]:
+        """A message that may be sent now, or when to look again."""
+        if self.protocol.state is not State.OPEN:
+            self._outgoing.clear()
+            return None, math.inf
+        if not self._outgoing and now < self._next_cursor:
+            return None, self._next_cursor
+        if self.pacing.refill(now) < 1.0:
+            # At least a millisecond: a wait rounded away to nothing would never refill.
+            return None, now + max(self.pacing.retry_after(), MIN_WAIT)
+        if self._outgoing:
+            message = self._outgoing.popleft()
+        else:
+            cursor = self.take_cursor()
+            if cursor is None:
+                return None, math.inf
+            message = cursor
+            self._next_cursor = now + self.cursor_interval
+        self.pacing.take(now)
+        return message, now
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                now = trio.current_time()
+                while True:  # everything the pacing allows now, in one write
+                    message, later = self._next_message(now)
+                    if message is None:
+                        break
+                    self.protocol.send_text(message)
+                await self._write(self.protocol.data_to_send())
+                with trio.move_on_at(later):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.abort()
+
+    # Running and closing ------------------------------------------------------------
+
+    async def run(self, deliver: Callable[[bytes], None], *, close_timeout: float) -> None:
+        """Deliver every message until the connection ends, then close the stream."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                with self._scope:
+                    while (message := await self.receive()) is not None:
+                        deliver(message)
+                nursery.cancel_scope.cancel()
+            with trio.move_on_after(close_timeout):
+                await self._write(self.protocol.data_to_send())  # the echo of a close frame
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(self.stream)
+
+    def abort(self, reason: str | None = None) -> None:
+        """End the connection at once, without a closing handshake."""
+        if reason is not None:
+            self.reason = reason
+        self._ended = True
+        self._scope.cancel()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Begin the closing handshake; :meth:`run` returns once the server answers."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(code, reason)
+            self._wake.set()
+
+
+def _retry_after(response: Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
