@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/serve and scripts/test: find Python >= 3.11, make .venv, install.
 # Usage: . scripts/_env.sh; ensure_venv "<pip extras spec>"
 set -euo pipefail
