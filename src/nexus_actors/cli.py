@@ -6,12 +6,14 @@ import argparse
 import gc
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import FrameType
 
 import trio
 
-from . import __version__, logs
+from . import __version__, loadtest, logs, terminal
 from .actors.supervisor import Interrupted, serve
 from .config import Config, settings_table
 from .errors import ConfigError, StoreError
@@ -46,6 +48,20 @@ def _parser() -> argparse.ArgumentParser:
                     "saved, and the command that replays it is printed "
                     "(docs/simulation.md).")
     campaign.add_arguments(simulate_parser)
+    client_parser = commands.add_parser(
+        "client", help="an interactive terminal client, to poke a server by hand",
+        description="Take a seat in a room (create one with --host, join with --join, or "
+                    "resume a seat with --join CODE --token T), print one line per event and "
+                    "read commands from standard input (/help lists them).")
+    terminal.add_arguments(client_parser)
+    loadtest_parser = commands.add_parser(
+        "loadtest", help="load a server with simulated players and check nothing is lost",
+        description="Rooms of simulated players, each a real client session: cursors, "
+                    "optimistic token moves and cut connections (--churn) for --duration "
+                    "seconds; prints latencies, delivery, losses and reconnections, and exits "
+                    "1 if an event was lost or applied twice or reconnections failed "
+                    "(docs/loadtest.md).")
+    loadtest.add_arguments(loadtest_parser)
     return parser
 
 
@@ -73,6 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "simulate":
         return campaign.main(args)
+    if args.command == "client":
+        return terminal.main(args)
+    if args.command == "loadtest":
+        from .loadtest.runner import main as run_loadtest  # loads rich: only when asked
+
+        return run_loadtest(args)
     flags = {name: getattr(args, name) for name, _, _ in Config.settings()}
     try:
         config = Config.from_sources(flags, os.environ)
@@ -80,8 +102,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nexus-actors: {exc.message}", file=sys.stderr)
         return 2
     _configure_logging(config)
+    # Until the server listens for signals itself, SIGTERM stops the start-up (waiting
+    # for the database can take a while): as PID 1 in a container the process would
+    # otherwise ignore it, and the platform would wait for its kill timeout.
+    received: list[int] = []
+    signal.signal(signal.SIGTERM, _stop_starting(received))
     try:
-        if args.command == "migrate":
+        return _run(args.command, config)
+    except KeyboardInterrupt:  # SIGTERM or Ctrl-C before the server listened for signals
+        signum = received[-1] if received else signal.SIGINT
+        log.warning("received %s while starting; exiting", signal.Signals(signum).name)
+        return 128 + signum
+
+
+def _stop_starting(received: list[int]) -> Callable[[int, FrameType | None], None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt  # what Trio expects from a signal at any instant
+
+    return handler
+
+
+def _run(command: str, config: Config) -> int:
+    try:
+        if command == "migrate":
             return _migrate(config)
         log.info("nexus-actors %s starting (pid %d)", __version__, os.getpid())
         tls_context(config)  # a certificate that cannot be loaded stops us before the database
@@ -95,8 +139,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(_serve, config, store)
     except Interrupted as exc:  # a second signal during the drain
         return 128 + exc.signum
-    except KeyboardInterrupt:  # Ctrl-C before the server began to listen for signals
-        return 130
     except Exception:
         log.critical("nexus-actors stopped by an error", exc_info=True)
         return 1

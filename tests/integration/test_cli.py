@@ -130,6 +130,33 @@ async def test_second_sigterm_during_the_drain_exits_at_once_with_143(tmp_path: 
     assert "received SIGTERM again; exiting without finishing the drain" in text, text
 
 
+async def test_sigterm_while_waiting_for_the_database_exits_at_once_with_143(
+        tmp_path: Path) -> None:
+    # As PID 1 in a container a process without a SIGTERM handler ignores the signal.
+    log = tmp_path / "stderr.log"
+    env = server_environment(PORT=str(free_port()), NEXUS_HOST="127.0.0.1", LOG_LEVEL="info",
+                             DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+                             NEXUS_DB_STARTUP_TIMEOUT="300")
+    with trio.fail_after(RUN_TIMEOUT + 10), log.open("wb") as stderr:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "nexus_actors", "serve"], env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            while True:  # polling is the only way to see an external process's log
+                if "database not reachable yet" in await trio.Path(log).read_text():
+                    break
+                assert process.poll() is None, await trio.Path(log).read_text()
+                await trio.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                assert await process.wait() == 128 + signal.SIGTERM
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert "received SIGTERM while starting; exiting" in await trio.Path(log).read_text()
+
+
 async def test_bad_setting_exits_2_with_one_line_naming_it_and_never_listens() -> None:
     with trio.fail_after(RUN_TIMEOUT):
         result = await trio.run_process(

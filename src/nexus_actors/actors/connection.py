@@ -139,6 +139,8 @@ class Handshake:
             ("Cache-Control", "no-store"),
         ])
         for key, value in reply.headers.items():
+            if key in headers:  # ``Headers`` keeps every value set: replace the default
+                del headers[key]
             headers[key] = value
         body = b"" if self.method == "HEAD" else payload
         self.protocol.send_response(

@@ -1,8 +1,9 @@
 """The listener: accepts TCP streams and routes each to an HTTP answer or a WebSocket.
 
 One port serves everything: ``/ws`` upgrades to a WebSocket (run by the
-connection actor); ``/health``, ``/ready`` and ``/api/stats`` answer JSON and
-``/metrics`` the Prometheus exposition. The request is read
+connection actor); ``/health``, ``/ready`` and ``/api/stats`` answer JSON,
+``/metrics`` the Prometheus exposition, and ``/`` and ``/static/<file>`` the
+built-in web page (:mod:`nexus_actors.protocol.static`). The request is read
 (by the connection layer's :class:`Handshake`) under ``handshake_timeout``;
 this module only routes.
 """
@@ -28,6 +29,7 @@ from ..metrics import Metrics
 from ..protocol.connect import OpenRequest, parse_connect
 from ..protocol.http import HttpReply
 from ..protocol.limits import PerAddress, host_of
+from ..protocol.static import StaticSite
 from ..store.base import RoomStats, Store
 from . import peer as close
 from .connection import Handshake, peer_factory, run_connection
@@ -58,6 +60,8 @@ class Listener:
     "WebSocket handshakes per address."
     failures: PerAddress
     "Failed joins and reconnects per address."
+    static: StaticSite = attrs.Factory(StaticSite.from_package)
+    "The built-in web page's files, read once at start-up."
     ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
     open_connections: int = 0
     "WebSocket connections being served."
@@ -116,7 +120,8 @@ class Listener:
             elif path == "/api/stats" and handshake.method in ("GET", "HEAD"):
                 reply = await self.stats_reply()
             else:
-                reply = self.route(handshake.method, path)
+                reply = self.route(handshake.method, path,
+                                   upgrade=handshake.header("Upgrade") is not None)
             await handshake.respond(self._cors(reply, origin))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -159,8 +164,9 @@ class Listener:
                                              "Access-Control-Allow-Origin": allowed,
                                              "Vary": "Origin"})
 
-    def route(self, method: str, path: str) -> HttpReply:
-        """The answer to a plain HTTP request (``HEAD`` gets the same, without a body)."""
+    def route(self, method: str, path: str, *, upgrade: bool = False) -> HttpReply:
+        """The answer to a plain HTTP request (``HEAD`` gets the same, without a body).
+        A WebSocket handshake (``upgrade``) to a page path is not a page request: 404."""
         if method not in ("GET", "HEAD"):
             return HttpReply(status=405, body={"error": "method not allowed"},
                              headers={"Allow": "GET, HEAD, OPTIONS"})
@@ -173,6 +179,9 @@ class Listener:
                 return HttpReply(status=200, body={"ready": True})
             return HttpReply(status=503, body={"ready": False,
                                                "reasons": self.health.why_not_ready()})
+        page = None if upgrade else self.static.reply(path)
+        if page is not None:
+            return page
         return HttpReply(status=404, body={"error": "not found", "path": path[:200]})
 
     async def metrics_reply(self, authorization: str | None) -> HttpReply:

@@ -15,5 +15,5 @@ class HttpReply:
     body: Any
     "Encoded as JSON, unless it is ``bytes`` (sent as it is, with ``content_type``)."
     headers: dict[str, str] = attrs.Factory(dict)
+    "Extra headers (``Allow``, CORS, ...); one given here replaces the default."
     content_type: str = "application/json"
-    "Extra headers (``Allow``, CORS, ...)."

@@ -14,7 +14,7 @@ from .harness import TestServer
 class Reply(NamedTuple):
     status: int
     headers: dict[str, str]
-    "Lower-cased names."
+    "Lower-cased names (each sent once: :func:`parse` checks)."
     body: bytes
 
     def json(self) -> Any:
@@ -35,10 +35,12 @@ def parse(raw: bytes) -> Reply:
     status_line, *lines = head.decode().split("\r\n")
     version, status, _ = status_line.split(" ", 2)
     assert version == "HTTP/1.1"
-    headers = {}
+    headers: dict[str, str] = {}
     for line in lines:
         name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+        key = name.strip().lower()
+        assert key not in headers, f"the {key} header was sent twice: {head!r}"
+        headers[key] = value.strip()
     return Reply(int(status), headers, body)
 
 
