@@ -252,3 +252,19 @@ async def test_a_seat_given_up_while_away_ends_reconnecting_at_the_first_refusal
                 await trio.sleep(60)
                 assert len(ana_opener.calls) == 2
                 assert ana.ended
+
+
+async def test_leaving_the_block_first_writes_everything_already_sent(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # More than the pacing burst: part of it is still queued when the block ends.
+    async with open_server() as server:
+        opener = HarnessOpener(server)
+        async with connect(URL, name="GM", role="host", opener=opener,
+                           **deterministic(1)) as gm:
+            code = gm.room_code
+            for n in range(130):
+                await gm.chat(f"line {n}")
+        await server.running.flush()
+        texts = [e.data["message"]["text"] for e in server.store.journal(code)
+                 if e.name == "chat/message"]
+        assert texts == [f"line {n}" for n in range(130)]

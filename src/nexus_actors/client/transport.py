@@ -58,6 +58,8 @@ class Link:
         self._messages: deque[bytes] = deque()
         self._parts: list[bytes] | None = None
         self._outgoing: deque[bytes] = deque()
+        self._closing: tuple[int, str] | None = None
+        "A clean close asked for: sent once everything queued before it is written."
         self._ended = False
         self._wake = trio.Event()
         self._next_cursor = -math.inf
@@ -167,8 +169,8 @@ class Link:
         if self.protocol.state is not State.OPEN:
             self._outgoing.clear()
             return None, math.inf
-        if not self._outgoing and now < self._next_cursor:
-            return None, self._next_cursor
+        if not self._outgoing and (self._closing is not None or now < self._next_cursor):
+            return None, math.inf if self._closing is not None else self._next_cursor
         if self.pacing.refill(now) < 1.0:
             # At least a millisecond: a wait rounded away to nothing would never refill.
             return None, now + max(self.pacing.retry_after(), MIN_WAIT)
@@ -192,6 +194,9 @@ class Link:
                     if message is None:
                         break
                     self.protocol.send_text(message)
+                if (self._closing is not None and not self._outgoing
+                        and self.protocol.state is State.OPEN):
+                    self.protocol.send_close(*self._closing)
                 await self._write(self.protocol.data_to_send())
                 with trio.move_on_at(later):
                     await self._wake.wait()
@@ -225,9 +230,10 @@ class Link:
         self._scope.cancel()
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Begin the closing handshake; :meth:`run` returns once the server answers."""
-        if self.protocol.state is State.OPEN:
-            self.protocol.send_close(code, reason)
+        """Begin the closing handshake once every message queued so far is written (paced
+        as usual); :meth:`run` returns once the server answers."""
+        if self.protocol.state is State.OPEN and self._closing is None:
+            self._closing = (code, reason)
             self._wake.set()
 
 
