@@ -25,7 +25,7 @@ import trio
 
 from nexus_actors.config import Config, settings_table
 from nexus_actors.testing import TestClient, query
-from nexus_actors.testing.processes import free_port, server_environment
+from nexus_actors.testing.processes import free_port, health_status, server_environment
 
 pytestmark = pytest.mark.realclock
 
@@ -39,20 +39,6 @@ RUN_TIMEOUT = 20.0
 "Seconds a short command (--help, settings, a refused start) may take."
 SCRIPT = Path(sys.executable).with_name("nexus-actors")
 "The console script installed next to this interpreter."
-
-
-async def health_status(port: int) -> int | None:
-    """The status of ``GET /health``, or ``None`` while nothing accepts on the port."""
-    try:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-    except OSError:
-        return None
-    async with stream:
-        await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        reply = b""
-        while chunk := await stream.receive_some():
-            reply += chunk
-    return int(reply.split(b" ", 2)[1])
 
 
 @asynccontextmanager

@@ -22,7 +22,7 @@ import orjson
 import pytest
 import trio
 
-from nexus_actors.testing.processes import free_port, server_environment
+from nexus_actors.testing.processes import free_port, health_status, server_environment
 
 pytestmark = pytest.mark.realclock
 
@@ -35,20 +35,6 @@ CLIENT_TIMEOUT = 30.0
 UNLIMITED = {"NEXUS_ADDRESS_CONNECT_RATE": "100000", "NEXUS_ADDRESS_CONNECT_BURST": "100000",
              "NEXUS_RATE_LIMIT": "1000", "NEXUS_RATE_BURST": "1000"}
 "Settings that lift the per-address and per-connection limits, as docs/loadtest.md says."
-
-
-async def health_status(port: int) -> int | None:
-    """The status of ``GET /health``, or ``None`` while nothing accepts on the port."""
-    try:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-    except OSError:
-        return None
-    async with stream:
-        await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        reply = b""
-        while chunk := await stream.receive_some():
-            reply += chunk
-    return int(reply.split(b" ", 2)[1])
 
 
 @asynccontextmanager

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 
+import trio
+
 from ..config import Config
 
 
@@ -22,3 +24,18 @@ def server_environment(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in names}
     env.update(settings)
     return env
+
+
+async def health_status(port: int) -> int | None:
+    """The status of ``GET /health`` on 127.0.0.1, or ``None`` while nothing accepts on
+    the port (a server process that has not begun to listen, or has stopped)."""
+    try:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+    except OSError:
+        return None
+    async with stream:
+        await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = b""
+        while chunk := await stream.receive_some():
+            reply += chunk
+    return int(reply.split(b" ", 2)[1])
