@@ -127,6 +127,26 @@ run_stdin() {
   fi
 }
 
+# The database to use: DATABASE_URL if set (CREATE_DB=false), else a server to create with
+# the administrator password NEXUS_DB_PASSWORD (CREATE_DB=true, DB_PASSWORD; a placeholder
+# in a dry run). Either secret is masked in everything printed.
+# shellcheck disable=SC2034  # CREATE_DB and DB_PASSWORD are read by the sourcing script
+database_choice() {
+  CREATE_DB=true
+  DB_PASSWORD=""
+  if [ -n "${DATABASE_URL:-}" ]; then
+    CREATE_DB=false
+  else
+    DB_PASSWORD=${NEXUS_DB_PASSWORD:-}
+    if [ -z "$DB_PASSWORD" ]; then
+      $DRY_RUN || die "set NEXUS_DB_PASSWORD (or DATABASE_URL); see --help"
+      DB_PASSWORD=CHANGE-ME
+    fi
+    secret "$DB_PASSWORD" "$(url_encode "$DB_PASSWORD")"
+  fi
+  secret "${DATABASE_URL:-}"
+}
+
 # A private directory for generated files, removed on exit (they may hold secrets).
 make_work_dir() {
   WORK_DIR=$(umask 077 && mktemp -d "${TMPDIR:-/tmp}/nexus-deploy.XXXXXX")

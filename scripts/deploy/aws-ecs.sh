@@ -96,19 +96,7 @@ BUILD=true
 [ -n "$IMAGE" ] && BUILD=false
 $BUILD && need_tool "$ENGINE" "install docker or podman, or pass --image"
 
-CREATE_DB=true
-DB_PASSWORD=""
-if [ -n "${DATABASE_URL:-}" ]; then
-  CREATE_DB=false
-else
-  DB_PASSWORD=${NEXUS_DB_PASSWORD:-}
-  if [ -z "$DB_PASSWORD" ]; then
-    $DRY_RUN || die "set NEXUS_DB_PASSWORD (or DATABASE_URL); see --help"
-    DB_PASSWORD=CHANGE-ME
-  fi
-  secret "$DB_PASSWORD" "$(url_encode "$DB_PASSWORD")"
-fi
-secret "${DATABASE_URL:-}"
+database_choice
 
 make_work_dir
 

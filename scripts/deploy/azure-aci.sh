@@ -130,18 +130,11 @@ else
   IMAGE="$REGISTRY_SERVER/nexus-actors:$TAG"
 fi
 
-CREATE_DB=true
-if [ -n "${DATABASE_URL:-}" ]; then
-  CREATE_DB=false
-  DB_URL=$DATABASE_URL
-else
-  DB_PASSWORD=${NEXUS_DB_PASSWORD:-}
-  if [ -z "$DB_PASSWORD" ]; then
-    $DRY_RUN || die "set NEXUS_DB_PASSWORD (or DATABASE_URL); see --help"
-    DB_PASSWORD=CHANGE-ME
-  fi
-  secret "$DB_PASSWORD" "$(url_encode "$DB_PASSWORD")"
+database_choice
+if $CREATE_DB; then
   DB_URL="postgresql://$DB_ADMIN:$(url_encode "$DB_PASSWORD")@$DB_SERVER.postgres.database.azure.com:5432/$DB_NAME?$SSL_PARAMS"
+else
+  DB_URL=$DATABASE_URL
 fi
 secret "$DB_URL" "${METRICS_AUTH_TOKEN:-}"
 

@@ -86,19 +86,7 @@ else
   IMAGE="$REGION-docker.pkg.dev/$PROJECT/$REPOSITORY/nexus-actors:$TAG"
 fi
 
-CREATE_DB=true
-DB_PASSWORD=""
-if [ -n "${DATABASE_URL:-}" ]; then
-  CREATE_DB=false
-else
-  DB_PASSWORD=${NEXUS_DB_PASSWORD:-}
-  if [ -z "$DB_PASSWORD" ]; then
-    $DRY_RUN || die "set NEXUS_DB_PASSWORD (or DATABASE_URL); see --help"
-    DB_PASSWORD=CHANGE-ME
-  fi
-  secret "$DB_PASSWORD" "$(url_encode "$DB_PASSWORD")"
-fi
-secret "${DATABASE_URL:-}"
+database_choice
 
 # 1. APIs, repository, image (built by Cloud Build: no local container engine).
 run "${GCLOUD[@]}" services enable run.googleapis.com sqladmin.googleapis.com \
