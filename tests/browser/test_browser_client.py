@@ -17,9 +17,7 @@ import pytest
 from browser_support import (
     ServerProcess,
     Table,
-    chromium,
     requires_browser,
-    served,
     windows,
 )
 
@@ -117,19 +115,6 @@ const open = async (target = {room: "K7PX", name: "Ana"}, options = {}) => {
 def run(page: Table, body: str) -> Any:
     """Run ``body`` (JavaScript statements ending in a ``return``) after the harness."""
     return page.evaluate(f"async () => {{ {HARNESS}\n{body} }}")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture(scope="module")
-def memory_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Serves the page and the module; the sessions here never reach it."""
-    with served(tmp_path_factory.mktemp("server") / "stderr.log", DATABASE_URL="memory") as server:
-        yield server
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pytest
 from browser_support import (
     LATENCY,
     ServerProcess,
-    chromium,
     expect,
     requires_browser,
     served,
@@ -29,12 +28,6 @@ pytestmark = requires_browser
 RECONNECT_TIMEOUT = 20_000
 """Milliseconds the windows may take to come back: the server's retry hint (about 1 s),
 backoff with full jitter while the new process starts, and slack for a busy CI."""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
 
 
 @pytest.fixture

@@ -10,19 +10,14 @@ does not exist, a sequence out of order) are exactly those the port refuses.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
 from browser_support import (
-    ServerProcess,
     Table,
     Windows,
-    chromium,
     requires_browser,
-    served,
-    windows,
 )
 
 from nexus_actors.room import events as ev
@@ -30,7 +25,7 @@ from nexus_actors.room.permissions import CO_HOST
 from nexus_actors.room.state import RoomState
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    pass
 
 pytestmark = requires_browser
 
@@ -154,26 +149,6 @@ def _python_applies(name: str, data: dict[str, Any], sequence: int) -> bool:
     except (KeyError, ValueError):
         return False
     return True
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture(scope="module")
-def memory_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server keeping rooms in memory, with a 2 s host grace period; each test makes its
-    own rooms."""
-    with served(tmp_path_factory.mktemp("server") / "stderr.log", DATABASE_URL="memory") as server:
-        yield server
-
-
-@pytest.fixture
-def open_windows(browser: Browser, memory_server: ServerProcess) -> Iterator[Windows]:
-    with windows(browser, memory_server) as opened:
-        yield opened
 
 
 @pytest.fixture

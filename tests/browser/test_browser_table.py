@@ -9,48 +9,22 @@ controls, the connection badge.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import pytest
 from browser_support import (
     LATENCY,
-    ServerProcess,
     Windows,
-    chromium,
     expect,
     requires_browser,
-    served,
-    windows,
 )
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    pass
 
 pytestmark = requires_browser
 
 MIGRATION_TIMEOUT = 15_000
 "Milliseconds to wait for a host migration: the 2 s grace period, and slack for a busy CI."
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture(scope="module")
-def memory_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server keeping rooms in memory, with a 2 s host grace period; each test makes its
-    own rooms."""
-    with served(tmp_path_factory.mktemp("server") / "stderr.log", DATABASE_URL="memory") as server:
-        yield server
-
-
-@pytest.fixture
-def open_windows(browser: Browser, memory_server: ServerProcess) -> Iterator[Windows]:
-    with windows(browser, memory_server) as opened:
-        yield opened
 
 
 def test_create_shows_a_code_that_another_window_joins_with(open_windows: Windows) -> None:
