@@ -115,6 +115,15 @@ def server_room(report: dict[str, Any] | None) -> dict[str, Any]:
 
 
 @asynccontextmanager
+async def gm_seat(opener: HarnessOpener, nursery: trio.Nursery, *,
+                  options: Options | None = None) -> AsyncIterator[tuple[Session, Recorder]]:
+    """A GM who created a room, with its events recorded."""
+    async with connect(URL, name="GM", role="host", opener=opener, options=options,
+                       **deterministic(1)) as gm:
+        yield gm, record(nursery, gm)
+
+
+@asynccontextmanager
 async def two_seats(opener: HarnessOpener, nursery: trio.Nursery, *,
                     gm_options: Options | None = None, ana_options: Options | None = None,
                     ) -> AsyncIterator[tuple[Session, Recorder, Session, Recorder]]:

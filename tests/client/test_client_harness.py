@@ -19,6 +19,7 @@ from client_support import (
     HarnessOpener,
     Recorder,
     deterministic,
+    gm_seat,
     record,
     server_room,
     two_seats,
@@ -70,9 +71,7 @@ async def test_create_join_and_events_flow_both_ways(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server() as server, trio.open_nursery() as nursery:
         opener = HarnessOpener(server)
-        async with connect(URL, name="GM", role="host", opener=opener,
-                           **deterministic(1)) as gm:
-            gm_events = record(nursery, gm)
+        async with gm_seat(opener, nursery) as (gm, gm_events):
             assert gm.members[0].role == "host"
             assert gm.host_id == gm.member_id
             async with connect(URL, room=gm.room_code.lower(), name="Ana", opener=opener,
@@ -217,9 +216,7 @@ async def test_an_unanswered_update_rolls_back_after_its_timeout(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server() as server, trio.open_nursery() as nursery:
         opener = HarnessOpener(server)
-        async with connect(URL, name="GM", role="host", opener=opener,
-                           options=Options(update_timeout=3.0), **deterministic(1)) as gm:
-            gm_events = record(nursery, gm)
+        async with gm_seat(opener, nursery, options=Options(update_timeout=3.0)) as (gm, gm_events):
             _, token_id = await table(gm, gm_events)
             server.store.pause()  # the commit, and so the answer, waits
             sent_at = trio.current_time()
@@ -240,9 +237,7 @@ async def test_the_servers_backoff_hint_is_honored(
     # backoff is at most 1 s. Reconnecting sooner than 10 s would ignore the hint.
     async with open_server(restart_retry_ms=20_000) as server, trio.open_nursery() as nursery:
         opener = HarnessOpener(server)
-        async with connect(URL, name="GM", role="host", opener=opener,
-                           **deterministic(1)) as gm:
-            events = record(nursery, gm)
+        async with gm_seat(opener, nursery) as (_gm, events):
             await server.stop()
             attempt = await events.wait_for(Reconnecting)
             closed_at = events.when(attempt)
@@ -285,9 +280,7 @@ async def test_a_full_outbox_refuses_new_events_with_a_clear_error(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server() as server, trio.open_nursery() as nursery:
         opener = HarnessOpener(server)
-        async with connect(URL, name="GM", role="host", opener=opener,
-                           options=Options(outbox_limit=3), **deterministic(1)) as gm:
-            events = record(nursery, gm)
+        async with gm_seat(opener, nursery, options=Options(outbox_limit=3)) as (gm, events):
             server.store.pause()  # nothing is acknowledged until the store commits
             sent = [await gm.chat(f"message {n}") for n in range(3)]
             with pytest.raises(OutboxFull) as full:
@@ -345,9 +338,7 @@ async def test_reconnection_gives_up_after_max_attempts(
     options = Options(backoff=Backoff(base=1.0, cap=4.0, max_attempts=3))
     async with open_server() as server, trio.open_nursery() as nursery:
         opener = HarnessOpener(server)
-        async with connect(URL, name="GM", role="host", opener=opener, options=options,
-                           **deterministic(1)) as gm:
-            events = record(nursery, gm)
+        async with gm_seat(opener, nursery, options=options) as (gm, events):
             await gm.chat("kept")
             await server.stop()  # and it never comes back
             failed = await events.wait_for(ReconnectionFailed)
@@ -366,9 +357,7 @@ async def test_the_rotated_token_is_kept_and_the_old_one_retired(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server() as server, trio.open_nursery() as nursery:
         opener = HarnessOpener(server)
-        async with connect(URL, name="GM", role="host", opener=opener,
-                           **deterministic(1)) as gm:
-            events = record(nursery, gm)
+        async with gm_seat(opener, nursery) as (gm, events):
             first = gm.token
             opener.cut()
             await events.wait_for(Reconnected)
@@ -391,9 +380,7 @@ async def test_a_seat_is_taken_back_with_its_token(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server() as server, trio.open_nursery() as nursery:
         opener = HarnessOpener(server)
-        async with connect(URL, name="GM", role="host", opener=opener,
-                           **deterministic(1)) as gm:
-            gm_events = record(nursery, gm)
+        async with gm_seat(opener, nursery) as (gm, gm_events):
             await table(gm, gm_events)
             code, member_id, token = gm.room_code, gm.member_id, gm.token
         async with connect(URL, room=code, token=token, opener=opener,
@@ -416,9 +403,7 @@ async def test_connection_quality_comes_from_the_servers_pings(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server(heartbeat_interval=5.0) as server, trio.open_nursery() as nursery:
         opener = HarnessOpener(server)
-        async with connect(URL, name="GM", role="host", opener=opener,
-                           **deterministic(1)) as gm:
-            events = record(nursery, gm)
+        async with gm_seat(opener, nursery) as (gm, events):
             first = await events.wait_for(ConnectionQuality)  # the client's own heartbeat
             assert (first.latency, first.status) == (0.0, "excellent")
             stream = opener.streams[-1]

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import trio
 import trio.testing
-from client_support import URL, HarnessOpener, deterministic, record, server_room
+from client_support import URL, HarnessOpener, deterministic, gm_seat, record, server_room
 
 from nexus_actors.client import (
     Backoff,
@@ -76,9 +76,7 @@ async def test_leaving_gives_up_the_seat_and_does_not_reconnect(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server() as server, trio.open_nursery() as nursery:
         opener = HarnessOpener(server)
-        async with connect(URL, name="GM", role="host", opener=opener,
-                           **deterministic(1)) as gm:
-            gm_events = record(nursery, gm)
+        async with gm_seat(opener, nursery) as (gm, gm_events):
             ana_opener = HarnessOpener(server)
             async with connect(URL, room=gm.room_code, name="Ana", opener=ana_opener,
                                **deterministic(2)) as ana:
@@ -117,9 +115,7 @@ async def test_events_refused_for_an_overloaded_store_are_sent_again_and_applied
     async with open_server(persist_queue=16, persist_batch=1, overload_retry_ms=500) as server, \
             trio.open_nursery() as nursery:
         opener = HarnessOpener(server)
-        async with connect(URL, name="GM", role="host", opener=opener,
-                           **deterministic(1)) as gm:
-            events = record(nursery, gm)
+        async with gm_seat(opener, nursery) as (gm, events):
             server.store.pause()
             sent = [await gm.chat(f"line {n}") for n in range(30)]
             await trio.sleep(5)  # a five-second outage: the resends are refused again
@@ -169,9 +165,7 @@ async def test_a_connection_that_falls_silent_is_replaced(
             streams.append(Freezable(server.listener.connect()))
             return streams[-1]
 
-        async with connect(URL, name="GM", role="host", opener=opener,
-                           options=Options(idle_timeout=5.0), **deterministic(1)) as gm:
-            events = record(nursery, gm)
+        async with gm_seat(opener, nursery, options=Options(idle_timeout=5.0)) as (gm, events):
             streams[-1].frozen = True
             frozen_at = trio.current_time()
             attempt = await events.wait_for(Reconnecting)
@@ -218,9 +212,7 @@ async def test_a_burst_beyond_the_servers_rate_limit_is_paced_not_refused(
     # most 50 a second after a burst of 100, so none of 200 events is dropped.
     async with open_server() as server, trio.open_nursery() as nursery:
         opener = HarnessOpener(server)
-        async with connect(URL, name="GM", role="host", opener=opener,
-                           **deterministic(1)) as gm:
-            events = record(nursery, gm)
+        async with gm_seat(opener, nursery) as (gm, events):
             began = trio.current_time()
             sent = [await gm.chat(f"line {n}") for n in range(200)]
             with trio.fail_after(60):
@@ -237,9 +229,7 @@ async def test_a_seat_given_up_while_away_ends_reconnecting_at_the_first_refusal
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server() as server, trio.open_nursery() as nursery:
         opener = HarnessOpener(server)
-        async with connect(URL, name="GM", role="host", opener=opener,
-                           **deterministic(1)) as gm:
-            gm_events = record(nursery, gm)
+        async with gm_seat(opener, nursery) as (gm, gm_events):
             ana_opener = HarnessOpener(server)
             async with connect(URL, room=gm.room_code, name="Ana", opener=ana_opener,
                                **deterministic(2)) as ana:
