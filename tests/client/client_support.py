@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from nexus_actors.client import ClientEvent, Options, Session, connect
+from nexus_actors.client import ClientEvent, Opener, Options, Session, connect
 from nexus_actors.room.state import RoomState
 from nexus_actors.testing import TestServer
 
@@ -115,7 +115,7 @@ def server_room(report: dict[str, Any] | None) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def gm_seat(opener: HarnessOpener, nursery: trio.Nursery, *,
+async def gm_seat(opener: Opener, nursery: trio.Nursery, *,
                   options: Options | None = None) -> AsyncIterator[tuple[Session, Recorder]]:
     """A GM who created a room, with its events recorded."""
     async with connect(URL, name="GM", role="host", opener=opener, options=options,
@@ -124,7 +124,7 @@ async def gm_seat(opener: HarnessOpener, nursery: trio.Nursery, *,
 
 
 @asynccontextmanager
-async def two_seats(opener: HarnessOpener, nursery: trio.Nursery, *,
+async def two_seats(opener: Opener, nursery: trio.Nursery, *,
                     gm_options: Options | None = None, ana_options: Options | None = None,
                     ) -> AsyncIterator[tuple[Session, Recorder, Session, Recorder]]:
     """A GM who created a room and Ana who joined it, each with its events recorded."""
