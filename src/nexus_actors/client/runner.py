@@ -52,6 +52,8 @@ class Runner:
         "Set (and replaced) whenever the core may have changed."
         self._closing = False
         self._timer_wake = trio.Event()
+        self._timer_at = -math.inf
+        "When the timer task wakes next (before it first runs: at once)."
 
     # Between the core and the world ------------------------------------------------------
 
@@ -66,7 +68,9 @@ class Runner:
             link.send(frames)
             if core.resume_reason is not None:
                 link.abort(core.resume_reason)
-        self._timer_wake.set()
+        deadline = core.next_deadline()
+        if deadline is not None and deadline < self._timer_at:
+            self._timer_wake.set()  # only for a deadline sooner than the one it waits for
         self.changed.set()
         self.changed = trio.Event()
 
@@ -100,7 +104,8 @@ class Runner:
             self.pump()
             self._timer_wake = trio.Event()
             deadline = self.core.next_deadline()
-            with trio.move_on_at(math.inf if deadline is None else deadline):
+            self._timer_at = math.inf if deadline is None else deadline
+            with trio.move_on_at(self._timer_at):
                 await self._timer_wake.wait()
 
     async def supervise(self) -> None:
