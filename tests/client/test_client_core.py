@@ -14,6 +14,7 @@ import trio.testing
 
 from nexus_actors.client import (
     Backoff,
+    EventAcked,
     EventRefused,
     EventsLagged,
     Options,
@@ -454,7 +455,7 @@ def test_a_rejected_update_shows_the_servers_current_value_until_the_copy_has_it
     assert core.updates.view(core.replica.state) == core.replica.state.public()
 
 
-def test_an_error_for_an_update_rolls_it_back_and_a_late_answer_is_ignored() -> None:
+def test_an_error_for_an_update_rolls_it_back_and_a_late_answer_is_its_events_own() -> None:
     core = seated(options=Options(update_timeout=5.0))
     a = core.update("token/move", "token", "t1", {"position": {"x": 1.0, "y": 0.0}},
                     {"position": {"x": 1.0, "y": 0.0}}, force=False, now=0.0)
@@ -478,6 +479,36 @@ def test_an_error_for_an_update_rolls_it_back_and_a_late_answer_is_ignored() -> 
     assert not of(events, UpdateRolledBack)
     assert [type(e).__name__ for e in events] == ["RoomEvent", "EventAcked"]
     assert len(core.outbox) == 0
+
+
+@pytest.mark.parametrize("answer", ["update-confirmed", "update-rejected"])
+def test_an_answer_after_the_timeout_rolled_an_update_back_is_reported_once(
+        answer: str) -> None:
+    core = seated(options=Options(update_timeout=5.0))
+    entry = core.update("token/move", "token", "t1", {"position": {"x": 1.0, "y": 0.0}},
+                        {"position": {"x": 1.0, "y": 0.0}}, force=False, now=0.0)
+    core.tick(5.0)
+    [rolled] = of(core.take_events(), UpdateRolledBack)
+    assert rolled.reason == "timeout"
+    assert entry.update_id is not None
+    if answer == "update-confirmed":
+        core.receive(frame(answer, updateId=entry.update_id, eventId=entry.event_id,
+                           serverSequence=3, version=2), 9.0)
+        [late] = core.take_events()
+        assert late == EventAcked(event_id=entry.event_id, sequence=3, duplicate=False)
+    else:
+        core.receive(frame(answer, updateId=entry.update_id, eventId=entry.event_id,
+                           reason="version-conflict", code="version-conflict",
+                           message="stale", currentVersion=4, current=token(9.0, 4)), 9.0)
+        [late] = core.take_events()
+        assert isinstance(late, EventRefused)
+        assert (late.event_id, late.name, late.code, late.message) == (
+            entry.event_id, "token/move", "version-conflict", "stale")
+        assert late.detail["currentVersion"] == 4
+    assert len(core.outbox) == 0
+    core.receive(frame(answer, updateId=entry.update_id, eventId=entry.event_id,
+                       serverSequence=3, version=2, reason="invalid"), 9.5)
+    assert core.take_events() == []  # answered already
 
 
 # The application's event stream ------------------------------------------------------------
@@ -512,3 +543,4 @@ async def test_the_event_stream_waits_for_events() -> None:
         feed.put(Resynced(sequence=1, epoch=1))
         feed.close()
     assert got == [Resynced(sequence=1, epoch=1)]
+

@@ -294,21 +294,29 @@ class SessionCore:
                                  duplicate=bool(data.get("duplicate"))))
 
     def _on_confirmed(self, frame: dict[str, Any], data: dict[str, Any], now: float) -> None:
-        self.outbox.settle(data["eventId"])
+        entry = self.outbox.settle(data["eventId"])
         if self.updates.settle(data["updateId"]) is not None:
             self.emit(UpdateConfirmed(update_id=data["updateId"], event_id=data["eventId"],
                                       sequence=data["serverSequence"],
                                       version=data.get("version")))
+        elif entry is not None:  # after its timeout rolled it back: the event's own answer
+            self.emit(EventAcked(event_id=entry.event_id, sequence=data["serverSequence"],
+                                 duplicate=bool(data.get("duplicate"))))
 
     def _on_rejected(self, frame: dict[str, Any], data: dict[str, Any], now: float) -> None:
-        self.outbox.settle(data["eventId"])
+        entry = self.outbox.settle(data["eventId"])
         current = data.get("current")
+        reason = str(data.get("reason") or data.get("code"))
         pending = self.updates.reject(data["updateId"], current)
         if pending is not None:
             if self.replica is not None:
                 self.updates.prune(self.replica.state)
-            self._rolled_back(pending, str(data.get("reason") or data.get("code")),
-                              data.get("currentVersion"), current)
+            self._rolled_back(pending, reason, data.get("currentVersion"), current)
+        elif entry is not None:  # after its timeout rolled it back: the event's own answer
+            detail = {k: v for k, v in data.items()
+                      if k not in ("eventId", "updateId", "reason", "message")}
+            self.emit(EventRefused(event_id=entry.event_id, name=entry.name, code=reason,
+                                   message=str(data.get("message", "")), detail=detail))
 
     def _rolled_back(self, pending: Pending, reason: str, current_version: Any,
                      current: Any) -> None:

@@ -115,8 +115,9 @@ class Tally:
     lost: int = 0
     "Durable events still without any answer from the server at the end."
     unreported: int = 0
-    """Moves the server answered after the client's update timeout without the client
-    reporting how (a refusal that came too late to roll anything back)."""
+    """Moves the server answered (they left the outbox) without the session reporting how:
+    0 with this client, which reports an answer after the update timeout as ``ack`` or
+    ``refused``; kept as a check of that."""
     _room_events: dict[int, dict[str, int]] = attrs.Factory(dict)
     "Room → event id → the sequence it was applied at."
 
