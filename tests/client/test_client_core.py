@@ -544,3 +544,38 @@ async def test_the_event_stream_waits_for_events() -> None:
         feed.close()
     assert got == [Resynced(sequence=1, epoch=1)]
 
+
+async def test_batches_hold_everything_that_arrived_and_report_a_lag_after_them() -> None:
+    feed = EventFeed(capacity=3)
+    events = [Resynced(sequence=n, epoch=1) for n in range(5)]
+    for event in events[:2]:
+        feed.put(event)
+    batches = feed.batches()
+    assert await batches.__anext__() == events[:2]
+    for event in events[2:]:
+        feed.put(event)
+    feed.put(Resynced(sequence=99, epoch=1))  # past the capacity: dropped
+    assert await batches.__anext__() == events[2:]
+    with pytest.raises(EventsLagged) as lagged:
+        await batches.__anext__()
+    assert lagged.value.dropped == 1
+    feed.put(events[0])
+    feed.close()
+    assert [batch async for batch in feed.batches()] == [[events[0]]]
+
+
+async def test_a_batch_reader_wakes_once_for_a_burst() -> None:
+    feed = EventFeed(capacity=10)
+    got: list[list[Any]] = []
+
+    async def read() -> None:
+        got.extend([batch async for batch in feed.batches()])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        for n in range(3):
+            feed.put(Resynced(sequence=n, epoch=1))
+        await trio.testing.wait_all_tasks_blocked()
+        feed.close()
+    assert got == [[Resynced(sequence=n, epoch=1) for n in range(3)]]

@@ -176,6 +176,20 @@ async def test_a_connection_that_falls_silent_is_replaced(
             await events.wait_for(EventAcked, lambda e: e.event_id == said.event_id)
 
 
+async def test_a_connection_that_keeps_hearing_from_the_server_outlives_the_idle_timeout(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # The server's heartbeat (every 2 s) is all the traffic there is; the idle timeout (5 s)
+    # must count from the last of it, not from the connection's start.
+    async with open_server(heartbeat_interval=2.0) as server, trio.open_nursery() as nursery:
+        opener = HarnessOpener(server)
+        async with gm_seat(opener, nursery, options=Options(idle_timeout=5.0)) as (gm, events):
+            await trio.sleep(60.0)
+            assert events.of(Reconnecting) == []
+            assert len(opener.calls) == 1
+            said = await gm.chat("still here")
+            await events.wait_for(EventAcked, lambda e: e.event_id == said.event_id)
+
+
 async def test_the_first_connection_is_retried_until_the_server_answers(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server() as server:

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import struct
-import sys
 from collections.abc import Callable
 
 import orjson
@@ -37,6 +36,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
+from .. import netio
 from ..config import Config
 from ..deps import Deps
 from ..errors import Code, FrameError
@@ -201,7 +201,7 @@ class Connection:
                                  updated=now)
         "Each dropped message takes a token; a client that empties it is flooding."
         self.next_notice = now
-        self.socket = _plain_socket(stream)
+        self.socket = netio.plain_socket(stream)
         "The TCP socket to read and write directly, or ``None`` (TLS, in-memory streams)."
         self.writing = False
         "The writer task is in the middle of a write."
@@ -307,22 +307,9 @@ class Connection:
                 return
 
     async def _receive(self) -> bytes | bytearray:
-        """The next bytes from the client (``b""`` at EOF).
-
-        On a plain TCP socket: wait until readable, then one non-blocking read. A client
-        sends a frame at a time, so trying the read first (as ``receive_some`` does)
-        would mostly cost an extra failed system call per frame.
-        """
-        socket = self.socket
-        if socket is None:
-            return await self.stream.receive_some(RECEIVE_SIZE)
-        while True:
-            await trio.lowlevel.wait_readable(socket)
-            try:
-                # fileno() is -1 once the socket is closed: never a reused descriptor.
-                return os.read(socket.fileno(), RECEIVE_SIZE)
-            except BlockingIOError:
-                continue
+        """The next bytes from the client (``b""`` at EOF): on a plain TCP socket, one
+        read once it is readable (a client sends a frame at a time)."""
+        return await netio.receive(self.stream, self.socket, RECEIVE_SIZE)
 
     def _handle_events(self) -> list[bytes | None]:
         """Complete messages received (``None`` for a binary one); answers pongs."""
@@ -560,13 +547,6 @@ async def run_connection(handshake: Handshake, request: OpenRequest | Refused, p
             _detach(room, peer)
         with trio.CancelScope(shield=True), trio.move_on_after(1):
             await stream.aclose()
-
-
-def _plain_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
-    """The socket of a plain TCP stream on POSIX (where ``os.read``/``os.write`` work)."""
-    if isinstance(stream, trio.SocketStream) and sys.platform != "win32":
-        return stream.socket
-    return None
 
 
 def _give_back(replies: trio.MemoryReceiveChannel[SessionResult], peer: Peer) -> None:

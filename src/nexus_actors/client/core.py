@@ -142,6 +142,10 @@ class SessionCore:
         cursor, self._cursor = self._cursor, None
         return cursor
 
+    def cursor_waiting(self) -> bool:
+        """A cursor update waits for :meth:`take_cursor`."""
+        return self.seated and self._cursor is not None
+
     def take_events(self) -> list[ClientEvent]:
         events, self._events = self._events, []
         return events

@@ -9,6 +9,7 @@ how many it missed. The state itself is never affected.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import AsyncIterator
 
 import trio
 
@@ -43,7 +44,11 @@ class EventFeed:
     def __aiter__(self) -> EventFeed:
         return self
 
-    async def __anext__(self) -> ClientEvent:
+    async def _wait(self) -> None:
+        """Until an event is kept; raises at a lag or once closed and empty."""
+        if self._events:
+            await trio.lowlevel.checkpoint()
+            return
         while not self._events:
             if self._dropped:
                 dropped, self._dropped = self._dropped, 0
@@ -52,5 +57,28 @@ class EventFeed:
                 raise StopAsyncIteration
             await self._arrived.wait()
             self._arrived = trio.Event()
-        await trio.lowlevel.checkpoint()
+
+    async def __anext__(self) -> ClientEvent:
+        await self._wait()
         return self._events.popleft()
+
+    def batches(self) -> AsyncIterator[list[ClientEvent]]:
+        """Every event kept so far at each step, in order: one wake for a burst."""
+        return _Batches(self)
+
+    async def next_batch(self) -> list[ClientEvent]:
+        await self._wait()
+        batch = list(self._events)
+        self._events.clear()
+        return batch
+
+
+class _Batches:
+    def __init__(self, feed: EventFeed) -> None:
+        self._feed = feed
+
+    def __aiter__(self) -> _Batches:
+        return self
+
+    async def __anext__(self) -> list[ClientEvent]:
+        return await self._feed.next_batch()

@@ -74,6 +74,11 @@ class Runner:
         self.changed.set()
         self.changed = trio.Event()
 
+    def cursor_moved(self) -> None:
+        """A new cursor position waits: the connection sends it when its pacing allows."""
+        if self.link is not None:
+            self.link.nudge()
+
     def finish(self, event: ClientEvent | None) -> None:
         """The session is over: tell the application (``event``) and end its stream."""
         if self.core.ended:
@@ -177,7 +182,8 @@ class Runner:
                         idle_timeout=options.idle_timeout,
                         pacing=TokenBucket(options.send_rate, options.send_burst,
                                            updated=trio.current_time()),
-                        cursor_interval=1.0 / options.cursor_hz, take_cursor=core.take_cursor)
+                        cursor_interval=1.0 / options.cursor_hz, take_cursor=core.take_cursor,
+                        cursor_waiting=core.cursor_waiting)
                 except BaseException:
                     await trio.aclose_forcefully(stream)
                     raise

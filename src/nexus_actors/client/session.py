@@ -136,6 +136,12 @@ class Session:
         raises :class:`~nexus_actors.client.errors.EventsLagged` if it fell behind."""
         return self._runner.feed
 
+    def event_batches(self) -> AsyncIterator[list[ClientEvent]]:
+        """The same events as :meth:`events`, as lists of everything that arrived since the
+        last step (never empty): a reader of busy rooms wakes once per burst, not once
+        per event."""
+        return self._runner.feed.batches()
+
     # Sending ---------------------------------------------------------------------------
 
     async def send_event(self, name: str, data: dict[str, Any] | None = None) -> Sent:
@@ -245,7 +251,7 @@ class Session:
         """Report this member's pointer (ephemeral: at most ``cursor_hz`` a second are sent,
         the latest position wins)."""
         self._core.cursor(scene_id, x, y)
-        self._runner.pump()
+        self._runner.cursor_moved()
         await trio.lowlevel.checkpoint()
 
     async def leave(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 
 import trio
 from websockets.client import ClientProtocol
@@ -21,9 +21,12 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from .. import netio
 from ..protocol.limits import TokenBucket
 
 RECEIVE_SIZE = 65536
+_ANSWERED = frozenset({Opcode.PING, Opcode.CLOSE})
+"Frames the protocol answers by itself: their answer is written at once."
 MIN_WAIT = 0.001
 "Seconds: the shortest wait for the send pacing to allow the next message."
 
@@ -45,7 +48,8 @@ class Link:
 
     def __init__(self, stream: trio.abc.Stream, protocol: ClientProtocol, *,
                  idle_timeout: float, pacing: TokenBucket, cursor_interval: float,
-                 take_cursor: Callable[[], bytes | None]) -> None:
+                 take_cursor: Callable[[], bytes | None],
+                 cursor_waiting: Callable[[], bool]) -> None:
         self.stream = stream
         self.protocol = protocol
         self.idle_timeout = idle_timeout
@@ -53,6 +57,8 @@ class Link:
         self.cursor_interval = cursor_interval
         self.take_cursor = take_cursor
         "Where the latest cursor update comes from (``None``: nothing new)."
+        self.cursor_waiting = cursor_waiting
+        "Whether a cursor update waits to be taken (without taking it)."
         self.reason = "dropped"
         "Why the connection ended when there was no close frame: dropped, idle, or an abort."
         self._messages: deque[bytes] = deque()
@@ -64,20 +70,25 @@ class Link:
         self._wake = trio.Event()
         self._next_cursor = -math.inf
         self._scope = trio.CancelScope()
+        self._heard = trio.current_time()
+        "When data last arrived."
+        self._socket = netio.plain_socket(stream)
 
     # Opening --------------------------------------------------------------------------
 
     @classmethod
     async def open(cls, stream: trio.abc.Stream, uri: str, *, compress: bool,
                    idle_timeout: float, pacing: TokenBucket, cursor_interval: float,
-                   take_cursor: Callable[[], bytes | None]) -> Link:
+                   take_cursor: Callable[[], bytes | None],
+                   cursor_waiting: Callable[[], bool]) -> Link:
         """Run the opening handshake for ``uri`` (``ws://host:port/ws?...``) on ``stream``."""
         # ``None``, not ``[]``: an empty list would send an empty extensions header.
         extensions = [ClientPerMessageDeflateFactory()] if compress else None
         protocol = ClientProtocol(parse_uri(uri), extensions=extensions, max_size=None)
         protocol.send_request(protocol.connect())
         link = cls(stream, protocol, idle_timeout=idle_timeout, pacing=pacing,
-                   cursor_interval=cursor_interval, take_cursor=take_cursor)
+                   cursor_interval=cursor_interval, take_cursor=take_cursor,
+                   cursor_waiting=cursor_waiting)
         await link._write(protocol.data_to_send())
         response: Response | None = None
         while response is None:
@@ -119,25 +130,25 @@ class Link:
         while not self._messages:
             if self._ended:
                 return None
-            with trio.move_on_after(self.idle_timeout) as idle:
-                try:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-            if idle.cancelled_caught:
-                self.reason = "idle"
-                self._ended = True
-                continue
+            try:
+                data = await netio.receive(self.stream, self._socket, RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                data = b""
+            self._heard = trio.current_time()
             if data:
                 self.protocol.receive_data(data)
             else:
                 self.protocol.receive_eof()
                 self._ended = True
+            answer = not data
             for event in self.protocol.events_received():
                 self._take(event)
+                # The protocol answers a ping with a pong and a close with a close.
+                answer = answer or (isinstance(event, Frame) and event.opcode in _ANSWERED)
             if self.protocol.close_rcvd is not None or self.protocol.parser_exc is not None:
-                self._ended = True
-            self._wake.set()  # a pong or a closing frame to write
+                self._ended = answer = True
+            if answer:
+                self._wake.set()  # for the writer: something to write at once
         return self._messages.popleft()
 
     @property
@@ -148,10 +159,11 @@ class Link:
 
     # Writing --------------------------------------------------------------------------
 
-    def send(self, messages: Iterable[bytes]) -> None:
+    def send(self, messages: Collection[bytes]) -> None:
         """Queue text messages; they are written in order, paced."""
-        self._outgoing.extend(messages)
-        self._wake.set()
+        if messages:
+            self._outgoing.extend(messages)
+            self._wake.set()
 
     def nudge(self) -> None:
         """Something may be ready to write (a new cursor position)."""
@@ -170,7 +182,9 @@ class Link:
             self._outgoing.clear()
             return None, math.inf
         if not self._outgoing and (self._closing is not None or now < self._next_cursor):
-            return None, math.inf if self._closing is not None else self._next_cursor
+            # Wake for the cursor pacing only if a cursor waits; a new one nudges.
+            waiting = self._closing is None and self.cursor_waiting()
+            return None, self._next_cursor if waiting else math.inf
         if self.pacing.refill(now) < 1.0:
             # At least a millisecond: a wait rounded away to nothing would never refill.
             return None, now + max(self.pacing.retry_after(), MIN_WAIT)
@@ -198,8 +212,11 @@ class Link:
                         and self.protocol.state is State.OPEN):
                     self.protocol.send_close(*self._closing)
                 await self._write(self.protocol.data_to_send())
-                with trio.move_on_at(later):
+                if later == math.inf:
                     await self._wake.wait()
+                else:
+                    with trio.move_on_at(later):
+                        await self._wake.wait()
                 self._wake = trio.Event()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.abort()
@@ -212,8 +229,7 @@ class Link:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
                 with self._scope:
-                    while (message := await self.receive()) is not None:
-                        deliver(message)
+                    await self._deliver_all(deliver)
                 nursery.cancel_scope.cancel()
             with trio.move_on_after(close_timeout):
                 await self._write(self.protocol.data_to_send())  # the echo of a close frame
@@ -221,6 +237,21 @@ class Link:
             pass
         finally:
             await trio.aclose_forcefully(self.stream)
+
+    async def _deliver_all(self, deliver: Callable[[bytes], None]) -> None:
+        """Deliver every message until the connection ends or stays silent for
+        ``idle_timeout``. The idle deadline is kept lazily: reads share one cancel scope
+        (one per read would cost as much as the read), renewed from the time data last
+        arrived only when it expires. A read cancelled while waiting loses nothing."""
+        while True:
+            with trio.CancelScope(deadline=self._heard + self.idle_timeout):
+                while (message := await self.receive()) is not None:
+                    deliver(message)
+                return
+            if trio.current_time() >= self._heard + self.idle_timeout:
+                self.reason = "idle"
+                self._ended = True
+                return
 
     def abort(self, reason: str | None = None) -> None:
         """End the connection at once, without a closing handshake."""
