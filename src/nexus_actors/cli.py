@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "loadtest":
         from .loadtest.runner import main as run_loadtest  # loads rich: only when asked
 
+        tune_gc()  # thousands of sessions: full collections would stall the generator too
         return run_loadtest(args)
     flags = {name: getattr(args, name) for name, _, _ in Config.settings()}
     try:

@@ -11,17 +11,24 @@ connects from 127.0.0.1). No subprocess outlives its test: each is killed in a
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 import trio
+from rich.console import Console
 
+from nexus_actors.loadtest import Plan
+from nexus_actors.loadtest.report import GeneratorFailed
+from nexus_actors.loadtest.runner import Display
+from nexus_actors.loadtest.workers import coordinate
 from nexus_actors.testing.processes import free_port, health_status, server_environment
 
 pytestmark = pytest.mark.realclock
@@ -66,22 +73,29 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "nexus_actors", *args]
 
 
-async def test_loadtest_with_churn_loses_nothing_and_every_reconnection_succeeds(
-        tmp_path: Path) -> None:
+async def run_loadtest(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """``nexus-actors loadtest ARGS`` against a fresh server; its JSON report and its table,
+    once it has exited 0 with a passing report."""
     report_path = tmp_path / "report.json"
     with trio.fail_after(START_TIMEOUT + LOADTEST_TIMEOUT):
         async with served(tmp_path / "server.log") as url:
             result = await trio.run_process(
-                command("loadtest", "--url", url, "--rooms", "2", "--players", "3",
-                        "--duration", "4", "--churn", "0.5", "--churn-interval", "1.5",
-                        "--seed", "1", "--json", str(report_path)),
+                command("loadtest", "--url", url, *args, "--json", str(report_path)),
                 stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True,
                 check=False)
     output = result.stdout.decode() + result.stderr.decode()
     assert result.returncode == 0, output
-    assert "lost" in result.stdout.decode()
-    report = orjson.loads(report_path.read_bytes())
+    report: dict[str, Any] = orjson.loads(report_path.read_bytes())
     assert report["passed"] is True, output
+    return report, result.stdout.decode()
+
+
+async def test_loadtest_with_churn_loses_nothing_and_every_reconnection_succeeds(
+        tmp_path: Path) -> None:
+    report, table = await run_loadtest(tmp_path, "--rooms", "2", "--players", "3",
+                                       "--duration", "4", "--churn", "0.5",
+                                       "--churn-interval", "1.5", "--seed", "1")
+    assert "lost" in table
     assert report["plan"]["seed"] == 1
     assert report["connections"]["opened"] == 6
     assert report["connections"]["failed"] == 0
@@ -99,6 +113,36 @@ async def test_loadtest_with_churn_loses_nothing_and_every_reconnection_succeeds
     assert cursors["received"] > 0
     assert 0 < cursors["delivered_ratio"] <= 1
     assert cursors["latency_ms"]["p99"] is not None
+
+
+async def test_loadtest_over_two_generator_processes_reports_them_as_one_run(
+        tmp_path: Path) -> None:
+    report, _ = await run_loadtest(tmp_path, "--rooms", "3", "--players", "3",
+                                   "--duration", "3", "--churn", "0.5", "--churn-interval",
+                                   "1", "--processes", "2", "--seed", "4")
+    assert report["plan"]["processes"] == report["generator"]["processes"] == 2
+    assert report["connections"]["opened"] == 9
+    events, reconnections = report["events"], report["reconnections"]
+    assert events["sent"] > 0
+    assert (events["lost"], events["duplicates"]) == (0, 0)
+    assert events["acked"] + events["rejected"] + events["unreported"] == events["sent"]
+    # Both processes cut connections, and every cut session came back.
+    assert reconnections["cuts"] >= 4
+    assert reconnections["succeeded"] == reconnections["attempted"] > 0
+    # Rooms 0 and 2 were played by one process, room 1 by the other: every room's cursors
+    # reached its other members, whichever process played it.
+    assert report["cursors"]["received"] > 0
+    assert report["generator"]["rounds"] > 0
+    assert report["generator"]["cpu_s"] > 0
+
+
+async def test_a_generator_process_that_dies_fails_the_run_and_stops_the_others() -> None:
+    plan = Plan(url="ws://127.0.0.1:9", rooms=2, players=1, processes=2, seed=1)
+    with trio.fail_after(CLIENT_TIMEOUT), pytest.raises(GeneratorFailed) as failed:
+        await coordinate(plan, Display(Console(file=io.StringIO())),
+                         command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+    assert str(failed.value) == ("generator process 1 ended without its results (exit status "
+                                 "3; its errors are above)")
 
 
 async def test_loadtest_refuses_an_absurd_plan_with_exit_status_2() -> None:

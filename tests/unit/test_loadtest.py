@@ -9,6 +9,7 @@ import random
 import resource
 from typing import Any
 
+import orjson
 import pytest
 import trio
 from rich.console import Console
@@ -57,6 +58,8 @@ def test_defaults_are_the_target_load() -> None:
     ({"churn": 1.5}, "--churn must be at least 0 and at most 1"),
     ({"churn_interval": 0.01}, "--churn-interval must be at least 0.1"),
     ({"settle": 1000}, "--settle must be at least 0 and at most 600"),
+    ({"processes": 0}, "--processes must be at least 1 and at most 64 (got 0)"),
+    ({"rooms": 2, "processes": 3}, "--processes (3) must be at most --rooms (2)"),
 ])
 def test_absurd_plans_are_refused_with_the_flag_named(changes: dict[str, Any],
                                                       message: str) -> None:
@@ -250,6 +253,46 @@ def test_a_reconnection_runs_from_the_first_attempt_to_its_outcome() -> None:
     assert tally.reconnect_time.summary()["max"] == 1750.0
     assert dict(tally.ended) == {"attempts-exhausted": 1}
     assert dict(tally.errors) == {"rate-limited": 1}
+
+
+def test_tallies_from_several_processes_add_up_to_one() -> None:
+    def played(tally: Tally, player: PlayerTally, offset: float) -> None:
+        tally.opened()
+        tally.connect_failed("room-full")
+        tally.cursor_sent(others=2)
+        tally.on_event(player, cursors(("a", 10.0 + offset)), now=0.05 + offset / 1000)
+        tally.sending_move(player, now=1.0)
+        tally.move_sent()
+        tally.on_event(player, applied_update(f"m{offset}"), now=1.0)
+        tally.on_event(player, EventAcked(event_id=f"m{offset}", sequence=1, duplicate=False),
+                       now=1.0 + offset / 1000)
+        tally.tick(due=1.0, now=1.0)
+
+    whole, first, second = Tally(origin=0.0), Tally(origin=0.0), Tally(origin=0.0)
+    played(whole, PlayerTally(room=0), 5.0)
+    played(whole, PlayerTally(room=1), 30.0)
+    played(first, PlayerTally(room=0), 5.0)
+    played(second, PlayerTally(room=1), 30.0)
+    merged = Tally(origin=0.0)
+    for part in (first, second):
+        merged.merge(orjson.loads(orjson.dumps(part.to_data())))  # as sent between processes
+    assert merged.to_data() == whole.to_data()
+    assert merged.ack_latency.summary() == whole.ack_latency.summary()
+    assert (merged.sessions_opened, merged.acked, dict(merged.connect_failures)) == (
+        2, 2, {"room-full": 2})
+
+
+async def test_a_shard_takes_every_nth_room_and_plays_it_as_the_whole_run_would() -> None:
+    plan = Plan(url="ws://127.0.0.1:5000", rooms=5, players=2, seed=9, processes=2)
+    whole = LoadTest(plan)
+    shards = [LoadTest(plan, shard=(index, 2)) for index in range(2)]
+    assert [room.index for room in shards[0].rooms] == [0, 2, 4]
+    assert [room.index for room in shards[1].rooms] == [1, 3]
+    by_index = {room.index: room for shard in shards for room in shard.rooms}
+    for room in whole.rooms:
+        assert by_index[room.index].phase == room.phase
+        assert [p.rng.random() for p in by_index[room.index].players] == [
+            p.rng.random() for p in room.players]
 
 
 # Percentiles, the report and its checks -------------------------------------------------

@@ -20,6 +20,9 @@ DESCRIPTOR_MARGIN = 64
 """File descriptors needed besides one per connection (the interpreter's own, the report)."""
 
 
+MAX_PROCESSES = 64
+"Generator processes one command may start."
+
 IDLE_ROUND = 0.05
 "Seconds between a room's sending rounds when no cursors are sent (moves only)."
 
@@ -59,6 +62,8 @@ class Plan:
     "Seconds to wait at the end for outstanding acknowledgements and reconnections."
     setup_timeout: float = 120.0
     "Seconds the set-up (rooms created, scenes, tokens, joins) may take in all."
+    processes: int = 1
+    "Generator processes sharing the rooms (one core each at most: Python runs one thread)."
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -83,6 +88,10 @@ class Plan:
         _between("--churn-interval", self.churn_interval, 0.1, 86_400)
         _between("--settle", self.settle, 0, 600)
         _between("--setup-timeout", self.setup_timeout, 1, 3600)
+        _between("--processes", self.processes, 1, MAX_PROCESSES)
+        if self.processes > self.rooms:
+            raise PlanError(f"--processes ({self.processes}) must be at most --rooms "
+                            f"({self.rooms}): a room is played by one process")
 
     @property
     def connections(self) -> int:
@@ -100,7 +109,7 @@ class Plan:
                    duration=args.duration, cursor_hz=args.cursor_hz,
                    moves_per_sec=args.moves_per_sec, churn=args.churn,
                    churn_interval=args.churn_interval, seed=seed, settle=args.settle,
-                   setup_timeout=args.setup_timeout)
+                   setup_timeout=args.setup_timeout, processes=args.processes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,6 +142,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and reconnections (default %(default)s)")
     parser.add_argument("--setup-timeout", type=float, default=defaults.setup_timeout, metavar="S",
                         help="seconds the set-up may take (default %(default)s)")
+    parser.add_argument("--processes", type=int, default=defaults.processes, metavar="N",
+                        help="generator processes sharing the rooms, for more players than "
+                             "one core can drive (default %(default)s)")
     parser.add_argument("--json", metavar="REPORT",
                         help="also write the report as JSON to this file ('-': standard "
                              "output, instead of the table)")

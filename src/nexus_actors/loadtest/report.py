@@ -23,14 +23,20 @@ KEPT_UP = 0.9
 in the run (a round that starts more than an interval late is skipped)."""
 
 
+class GeneratorFailed(Exception):
+    """A generator process (``--processes``) ended without its results."""
+
+
 def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def build_report(plan: Plan, tally: Tally, *, elapsed: float, rooms: int) -> dict[str, Any]:
+def build_report(plan: Plan, tally: Tally, *, elapsed: float, rooms: int,
+                 cpu: float | None = None) -> dict[str, Any]:
     """Everything measured, as JSON-ready data, with the checks and their verdict.
 
-    ``rooms``: the rooms that took part in the load (those set up in time).
+    ``rooms``: the rooms that took part in the load (those set up in time); ``cpu``: CPU
+    seconds the generator processes used while the load ran, in all.
     """
     attempted = tally.reconnects_attempted
     due = round(rooms * elapsed / plan.round_interval)
@@ -40,7 +46,8 @@ def build_report(plan: Plan, tally: Tally, *, elapsed: float, rooms: int) -> dic
         "plan": {"url": plan.url, "rooms": plan.rooms, "players": plan.players,
                  "duration_s": plan.duration, "cursor_hz": plan.cursor_hz,
                  "moves_per_sec": plan.moves_per_sec, "churn": plan.churn,
-                 "churn_interval_s": plan.churn_interval, "seed": plan.seed},
+                 "churn_interval_s": plan.churn_interval, "seed": plan.seed,
+                 "processes": plan.processes},
         "elapsed_s": round(elapsed, 1),
         "connections": {
             "planned": plan.connections, "opened": tally.sessions_opened,
@@ -67,7 +74,11 @@ def build_report(plan: Plan, tally: Tally, *, elapsed: float, rooms: int) -> dic
         "generator": {
             "rounds": rounds, "rounds_due": due, "round_rate": round_rate,
             "lag_ms": tally.tick_lag.summary(),
-            "kept_up": round_rate is None or round_rate >= KEPT_UP},
+            "kept_up": round_rate is None or round_rate >= KEPT_UP,
+            "processes": plan.processes,
+            "cpu_s": None if cpu is None else round(cpu, 1),
+            "cpu_percent": None if cpu is None or not elapsed else round(
+                100 * cpu / elapsed, 1)},
     }
     failed = failed_checks(report)
     report["failed_checks"] = failed
@@ -107,6 +118,14 @@ def behind(report: dict[str, Any]) -> str | None:
 
 def _counts(counter: dict[str, int]) -> str:
     return ", ".join(f"{key} {value}" for key, value in sorted(counter.items())) or "-"
+
+
+def _cpu(generator: dict[str, Any]) -> str:
+    percent, processes = generator.get("cpu_percent"), generator.get("processes", 1)
+    if percent is None:
+        return "-"
+    share = "" if processes == 1 else f", {processes} processes"
+    return f"{percent:.0f}% of one core while loading{share}"
 
 
 def _cell(value: float | None) -> str:
@@ -158,6 +177,7 @@ def render(report: dict[str, Any]) -> Group:
         ("server errors", _counts(report["errors"])),
         ("events dropped (slow reader)", str(report["lagged_events"])),
         ("generator kept up", behind(report) or "yes"),
+        ("generator CPU", _cpu(report["generator"])),
         ("result", "passed" if report["passed"] else "FAILED: "
          + "; ".join(report["failed_checks"])),
     ]

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import math
 import random
+import resource
 import sys
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import attrs
 import orjson
@@ -37,7 +39,7 @@ from ..client import ClientError, EventsLagged, Opener, Options, Session, connec
 from ..client.connect import endpoint
 from .churn import CuttableOpener, victims
 from .plan import Plan, PlanError, raise_descriptor_limit
-from .report import behind, build_report, render
+from .report import GeneratorFailed, behind, build_report, render
 from .tally import PlayerTally, Tally
 
 CONNECTING_AT_ONCE = 50
@@ -85,6 +87,15 @@ class Room:
     "Its sending rounds are over (the run stopped), or it never had any."
 
 
+class ProgressView(Protocol):
+    """Where a run shows its progress: :class:`Display`, or a generator process's report
+    to the process that started it (``--processes``)."""
+
+    def phase(self, name: str, total: float | None) -> None: ...
+
+    def update(self, completed: float, counts: dict[str, int], now: float) -> None: ...
+
+
 class Display:
     """Progress on standard error: a live bar on a terminal, else a status line now and then."""
 
@@ -112,7 +123,8 @@ class Display:
             self.console.print(f"loadtest: {name}", highlight=False)
             self._printed = -math.inf
 
-    def update(self, completed: float, status: str, now: float) -> None:
+    def update(self, completed: float, counts: dict[str, int], now: float) -> None:
+        status = status_line(counts)
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, completed=completed, status=status)
             self.progress.refresh()
@@ -125,17 +137,57 @@ class Display:
             self.progress.stop()
 
 
-class LoadTest:
-    """One run of a :class:`Plan`."""
+def status_line(counts: dict[str, int]) -> str:
+    """The progress in one line, from :meth:`LoadTest.counts` (or their sum over processes)."""
+    status = (f"{counts['connected']}/{counts['playing']} connected, "
+              f"{counts['cursors']:,} cursors, {counts['acked']:,}/{counts['moves']:,} acked")
+    if counts["cuts"] or counts["attempted"]:
+        status += (f", {counts['cuts']} cut, {counts['succeeded']}/"
+                   f"{counts['attempted']} reconnected")
+    return status
 
-    def __init__(self, plan: Plan, *, opener: Opener | None = None) -> None:
+
+def cpu_seconds() -> float:
+    """User and system CPU time this process has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """What one generator process measured (the report is built from it, or from the sum
+    of several)."""
+
+    tally: Tally
+    elapsed: float
+    "Seconds the load ran."
+    rooms: int
+    "Rooms that took part (set up in time)."
+    cpu: float
+    "CPU seconds this process used while the load ran."
+
+
+async def _no_gate() -> None:
+    pass
+
+
+class LoadTest:
+    """One run of a :class:`Plan`, or of its ``shard`` of the rooms: (index, count) takes
+    every room whose number is ``index`` modulo ``count`` (one of ``count`` processes)."""
+
+    def __init__(self, plan: Plan, *, opener: Opener | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.plan = plan
         self.tally = Tally(origin=trio.current_time())
         self.rng = random.Random(plan.seed)
         base = opener if opener is not None else endpoint(plan.url)[1]
         self.options = Options(cursor_hz=max(2 * plan.cursor_hz, 1.0))
         "Cursors are paced by the sending rounds; the client's own limit stays out of the way."
-        self.rooms = [self._room(index, base) for index in range(plan.rooms)]
+        # Every room is drawn from the seed, so a room plays the same whichever process
+        # has it; the churn draws from the same generator afterwards.
+        rooms = [self._room(index, base) for index in range(plan.rooms)]
+        index, count = shard
+        self.rooms = [room for room in rooms if room.index % count == index]
         self.go = trio.Event()
         self.stop = trio.Event()
         self.finished = trio.Event()
@@ -191,8 +243,10 @@ class LoadTest:
         tally = self.tally
         while True:
             try:
-                async for event in session.events():
-                    tally.on_event(player.tally, event, trio.current_time())
+                async for batch in session.event_batches():
+                    now = trio.current_time()
+                    for event in batch:
+                        tally.on_event(player.tally, event, now)
                     self.poke()
                 break
             except EventsLagged as exc:
@@ -320,32 +374,41 @@ class LoadTest:
                 return False
         return True
 
-    def status(self) -> str:
+    def counts(self) -> dict[str, int]:
+        """The progress so far, in numbers (summed over processes by ``--processes``)."""
         tally = self.tally
         playing = self.playing
-        connected = sum(1 for p in playing if p.session is not None and p.session.connected)
-        status = (f"{connected}/{len(playing)} connected, {tally.cursors_received:,} cursors, "
-                  f"{tally.acked:,}/{tally.moves_sent:,} acked")
-        if tally.cuts or tally.reconnects_attempted:
-            status += (f", {tally.cuts} cut, {tally.reconnects_succeeded}/"
-                       f"{tally.reconnects_attempted} reconnected")
-        return status
+        return {"connected": sum(1 for p in playing
+                                 if p.session is not None and p.session.connected),
+                "playing": len(playing), "cursors": tally.cursors_received,
+                "acked": tally.acked, "moves": tally.moves_sent, "cuts": tally.cuts,
+                "attempted": tally.reconnects_attempted,
+                "succeeded": tally.reconnects_succeeded}
 
-    def show(self, display: Display) -> None:
+    def show(self, display: ProgressView) -> None:
         now = trio.current_time()
         if self.go.is_set():
             completed = min(now - self._phase_started, self.plan.duration)
         else:
             completed = sum(1 for room in self.rooms if room.ready.is_set())
-        display.update(completed, self.status(), now)
+        display.update(completed, self.counts(), now)
 
-    async def refresh(self, display: Display) -> None:
+    async def refresh(self, display: ProgressView) -> None:
         while not self.finished.is_set():
             self.show(display)
             with trio.move_on_after(REFRESH_INTERVAL):
                 await self.finished.wait()
 
     async def run(self, display: Display) -> dict[str, Any]:
+        """The whole run in this process; the report."""
+        outcome = await self.play_out(display)
+        display.close()
+        return build_report(self.plan, outcome.tally, elapsed=outcome.elapsed,
+                            rooms=outcome.rooms, cpu=outcome.cpu)
+
+    async def play_out(self, display: ProgressView,
+                       start: Callable[[], Awaitable[None]] = _no_gate) -> Outcome:
+        """Set up, wait for ``start`` (the other processes' set-ups), load, settle."""
         plan, tally = self.plan, self.tally
         async with trio.open_nursery() as nursery:
             display.phase("setting up", len(self.rooms))
@@ -360,8 +423,10 @@ class LoadTest:
                     self.abandon(room, "setup-timeout")
             self.show(display)
 
+            await start()
             display.phase("running", plan.duration)
             self._phase_started = started = trio.current_time()
+            cpu = cpu_seconds()
             self.go.set()
             if plan.churn:
                 nursery.start_soon(self.churn)
@@ -369,6 +434,7 @@ class LoadTest:
                 await trio.sleep(plan.duration)
             self.stop.set()
             elapsed = trio.current_time() - started
+            cpu = cpu_seconds() - cpu
             for room in self.rooms:  # every move counted is sent before the settling
                 await room.driven.wait()
             self.show(display)
@@ -384,9 +450,8 @@ class LoadTest:
             self.show(display)
             display.phase("closing", None)
             self.finished.set()
-        display.close()
-        return build_report(plan, tally, elapsed=elapsed,
-                            rooms=sum(1 for room in self.rooms if not room.abandoned))
+        return Outcome(tally=tally, elapsed=elapsed, cpu=cpu,
+                       rooms=sum(1 for room in self.rooms if not room.abandoned))
 
 
 def main(args: Any) -> int:
@@ -394,19 +459,32 @@ def main(args: Any) -> int:
     every check passed, 1 if one failed, 2 for arguments out of bounds."""
     try:
         plan = Plan.from_args(args)
-        raise_descriptor_limit(plan.connections)
+        if plan.processes == 1:
+            raise_descriptor_limit(plan.connections)
     except PlanError as exc:
         print(f"nexus-actors loadtest: {exc}", file=sys.stderr)
         return 2
     errors = Console(stderr=True)
 
     async def run() -> dict[str, Any]:
-        return await LoadTest(plan).run(Display(errors))
+        display = Display(errors)
+        if plan.processes == 1:
+            return await LoadTest(plan).run(display)
+        from .workers import coordinate
 
+        return await coordinate(plan, display)
+
+    report: dict[str, Any] | None = None
+    status = 1
     try:
         report = trio.run(run)
-    except KeyboardInterrupt:
-        return 130
+    except* KeyboardInterrupt:
+        status = 130
+    except* GeneratorFailed as group:
+        for failure in group.exceptions:
+            print(f"nexus-actors loadtest: {failure}", file=sys.stderr)
+    if report is None:
+        return status
     if args.json == "-":
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -418,7 +496,7 @@ def main(args: Any) -> int:
     if lagging is not None:
         print(f"nexus-actors loadtest: warning: the generator did not keep up ({lagging}); "
               "its latencies measure itself as much as the server: give it a machine of its "
-              "own, or fewer players", file=sys.stderr)
+              "own, more --processes on more cores, or fewer players", file=sys.stderr)
     for failed in report["failed_checks"]:
         print(f"nexus-actors loadtest: check failed: {failed}", file=sys.stderr)
     return 0 if report["passed"] else 1

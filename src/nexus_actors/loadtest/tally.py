@@ -21,6 +21,7 @@ one process, seconds), so the rules can be tested with plain function calls.
 from __future__ import annotations
 
 from collections import Counter, deque
+from typing import Any
 
 import attrs
 
@@ -120,6 +121,37 @@ class Tally:
     ``refused``; kept as a check of that."""
     _room_events: dict[int, dict[str, int]] = attrs.Factory(dict)
     "Room → event id → the sequence it was applied at."
+
+    # Across processes ---------------------------------------------------------------------
+
+    def to_data(self) -> dict[str, Any]:
+        """Every count and latency, as JSON-ready data (for :meth:`merge` in another
+        process); what only the run itself needs (the origin, the room journals) is left
+        out."""
+        data: dict[str, Any] = {}
+        for field in _MERGED:
+            value = getattr(self, field.name)
+            if isinstance(value, Histogram):
+                data[field.name] = {str(bucket): n for bucket, n in value.counts.items()}
+            elif isinstance(value, Counter):
+                data[field.name] = dict(value)
+            else:
+                data[field.name] = value
+        return data
+
+    def merge(self, data: dict[str, Any]) -> None:
+        """Add the counts of another process's tally (:meth:`to_data`) to this one."""
+        for field in _MERGED:
+            value = getattr(self, field.name)
+            theirs = data[field.name]
+            if isinstance(value, Histogram):
+                for bucket, n in theirs.items():
+                    value.counts[int(bucket)] += n
+                    value.count += n
+            elif isinstance(value, Counter):
+                value.update(theirs)
+            else:
+                setattr(self, field.name, value + theirs)
 
     def clock_ms(self, now: float) -> float:
         """Milliseconds since :attr:`origin`: what a cursor position carries."""
@@ -246,3 +278,8 @@ class Tally:
             self.duplicates += 1
         if event.mine:
             self._acked(player, event.event_id, now)  # answered after the update timed out
+
+
+_MERGED = tuple(field for field in attrs.fields(Tally)
+                if field.name not in ("origin", "_room_events"))
+"The fields :meth:`Tally.to_data` carries: every count and latency of the run."
