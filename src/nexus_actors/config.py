@@ -90,6 +90,23 @@ def _origins(text: str) -> frozenset[str] | None:
     return origins or None
 
 
+def _node_id(text: str) -> str | None:
+    if not text:
+        return None
+    if len(text) > 100 or not all(c.isalnum() or c in "-_.:" for c in text):
+        raise ValueError("expected at most 100 letters, digits, '-', '_', '.' or ':'")
+    return text
+
+
+def _ws_url(text: str) -> str | None:
+    if not text:
+        return None
+    scheme, _, rest = text.partition("://")
+    if scheme not in ("ws", "wss") or not rest or rest.startswith("/"):
+        raise ValueError(f"{text!r} is not a ws:// or wss:// URL like ws://10.0.0.5:5000")
+    return text.rstrip("/")
+
+
 def setting(default: Any, env: str, flag: str, help: str, parse: Callable[[str], Any],
             unit: str = "", *, secret: bool = False) -> Any:
     return attrs.field(default=default, repr=not secret,
@@ -292,6 +309,22 @@ class Config:
         "auto", "NEXUS_LOG_FORMAT", "--log-format",
         "Log line format: human, json (one JSON object per line), or auto (human on a "
         "terminal, json otherwise).", _choice("auto", "human", "json"))
+    node_id: str | None = setting(
+        None, "NEXUS_NODE_ID", "--node-id",
+        "This process's name in room leases, unique among the live processes sharing the "
+        "database; unset: host name and port (unique: a port has one listener). A process "
+        "restarted with the same id takes its rooms back at once instead of after "
+        "NEXUS_LEASE_TTL.", _node_id)
+    lease_ttl: float = setting(
+        15.0, "NEXUS_LEASE_TTL", "--lease-ttl",
+        "Seconds a room's lease lasts unless its owner renews it (every third of this); "
+        "after a process dies, its rooms move to another within about this long.",
+        _number(float, low=1.0, high=3600.0), "s")
+    advertise_url: str | None = setting(
+        None, "NEXUS_ADVERTISE_URL", "--advertise-url",
+        "How other processes reach this one to relay a client to a room it owns "
+        "(ws://10.0.0.5:5000, or wss:// with TLS on PORT); unset: ws:// with this host's "
+        "address and PORT.", _ws_url)
     metrics_auth_token: str | None = setting(
         None, "METRICS_AUTH_TOKEN", "--metrics-auth-token",
         "If set, GET /metrics requires 'Authorization: Bearer <token>'.",

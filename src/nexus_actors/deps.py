@@ -1,21 +1,38 @@
-"""Injected sources of time, randomness and identity.
+"""Injected sources of time, randomness and identity, and the way to other processes.
 
-The server never calls ``time.time()``, ``random`` or ``uuid`` directly: it
-asks :class:`Deps`. Production uses the system's; tests and the simulation
-use :meth:`Deps.seeded`, so a run is a pure function of its seed and the
-trio clock.
+The server never calls ``time.time()``, ``random`` or ``uuid`` directly, nor
+dials another server process itself: it asks :class:`Deps`. Production uses the
+system's; tests and the simulation use :meth:`Deps.seeded`, so a run is a pure
+function of its seed and the trio clock.
 """
 
 from __future__ import annotations
 
 import random
 import secrets
+import ssl
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 import attrs
 import trio
+
+Dial = Callable[[str], Awaitable[trio.abc.Stream]]
+"Opens a byte stream to another process's advertised URL (``ws://`` or ``wss://``)."
+
+
+async def dial_tcp(url: str) -> trio.abc.Stream:
+    """A TCP connection (TLS for ``wss://``, verified with the system's certificates)."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    host = parts.hostname or "localhost"
+    port = parts.port or (443 if secure else 80)
+    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    if secure:
+        stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host)
+    return stream
 
 
 @attrs.frozen(kw_only=True)
@@ -28,6 +45,8 @@ class Deps:
     "Secret resume tokens (at least 128 random bits)."
     new_id: Callable[[], str]
     "Public ids: members, server-generated entity and event ids."
+    dial: Dial = dial_tcp
+    "How a relay reaches the process that owns a room (tests: an in-memory listener)."
 
     @classmethod
     def production(cls) -> Deps:

@@ -61,6 +61,19 @@ class Metrics:
     "Failed commits (each retried) and failed pings."
     outage_seconds: float = 0.0
     "Seconds the store was unreachable, over past outages."
+    lease_claims: Counter[str] = attrs.field(factory=Counter)
+    """Rooms' lease claims by outcome: ``claimed`` (free, or this process's), ``takeover``
+    (another process's expired lease), ``elsewhere`` (held by a live process)."""
+    leases_lost: int = 0
+    "Leases another process claimed while this one held them (noticed at renewal)."
+    fenced: int = 0
+    "Rooms whose writes a commit left out: their fence was stale (a lost lease)."
+    relayed_frames: Counter[str] = attrs.field(factory=Counter)
+    "Frames relayed between a client and the room's owner, by direction (``in``, ``out``)."
+    relays: Counter[str] = attrs.field(factory=Counter)
+    "Relays begun, by outcome (``opened``, ``unreachable``: the owner could not be reached)."
+    relays_open: int = 0
+    "Client connections relayed to the process that owns their room now."
     rooms_live: int = 0
     "Room actors running (kept by the registry)."
     members_connected: int = 0
@@ -135,6 +148,18 @@ class _Counts(Collector):
         yield _counter("store_errors", "Failed commits and pings.", m.store_errors)
         yield _counter("store_outage_seconds", "Seconds the store was unreachable.",
                        m.outage_seconds)
+        yield _labelled("lease_claims", "Room lease claims, by outcome.", "outcome",
+                        m.lease_claims)
+        yield _counter("leases_lost", "Leases another process claimed from this one.",
+                       m.leases_lost)
+        yield _counter("fenced_writes", "Rooms whose writes were refused for a stale fence.",
+                       m.fenced)
+        yield _labelled("relays", "Relays to a room's owner begun, by outcome.", "outcome",
+                        m.relays)
+        yield _labelled("relayed_frames", "Frames relayed to and from rooms' owners, by "
+                        "direction.", "direction", m.relayed_frames)
+        yield GaugeMetricFamily("nexus_relays_open", "Connections relayed to a room's owner.",
+                                value=m.relays_open)
         yield GaugeMetricFamily("nexus_rooms_live", "Room actors running.", value=m.rooms_live)
         yield GaugeMetricFamily("nexus_members_connected", "Members attached to live rooms.",
                                 value=m.members_connected)

@@ -4,7 +4,7 @@ hurt the server."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import trio
 import trio.testing
@@ -33,9 +33,10 @@ class FailureSignal(MemoryStore):
         super().__init__()
         self.failed = trio.Event()
 
-    async def commit(self, writes: Sequence[Write]) -> None:
+    async def commit(self, writes: Sequence[Write], *,
+                     fences: Mapping[str, int] | None = None) -> frozenset[str]:
         try:
-            await super().commit(writes)
+            return await super().commit(writes, fences=fences)
         except StoreError:
             self.failed.set()
             raise

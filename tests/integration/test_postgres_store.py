@@ -72,7 +72,7 @@ CODE = "ABCD"
 T0 = 1_700_000_000_123
 "A wall-clock time in ms with a millisecond part, for round trips."
 TABLES = ("rooms", "hosts", "players", "game_states", "room_events", "connection_events",
-          "schema_migrations")
+          "schema_migrations", "room_leases", "cluster_settings")
 
 
 # Helpers ------------------------------------------------------------------------------

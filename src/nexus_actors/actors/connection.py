@@ -56,10 +56,13 @@ from .messages import (
     OpenSession,
     Refused,
     RegistryMsg,
+    Relay,
     RoomMsg,
     SessionResult,
 )
 from .peer import Peer
+from .relay import UNREACHABLE, Upstream, unreachable_frames
+from .services import Node
 
 log = logging.getLogger("nexus_actors.connection")
 
@@ -194,6 +197,8 @@ class Connection:
         "The message being assembled is a binary one."
         self.room: trio.MemorySendChannel[RoomMsg] | None = None
         self.cursors: CursorMailbox | None = None
+        self.upstream: Upstream | None = None
+        "The room's owner, when this connection is relayed to another process."
         self.pongs: dict[bytes, trio.Event] = {}
         now = trio.current_time()
         self.bucket = TokenBucket(config.rate_limit, config.rate_burst, updated=now)
@@ -365,6 +370,9 @@ class Connection:
                     Code.BINARY_FRAME, "binary frames are not part of protocol v1",
                     self.deps.wall_ms()))
                 continue
+            if self.upstream is not None:
+                self.upstream.up(raw)  # the owner validates it, as for its own clients
+                continue
             try:
                 message = inbound.decode(raw)
             except FrameError as exc:
@@ -462,7 +470,7 @@ class Connection:
 
 
 async def _open_session(registry: trio.MemorySendChannel[RegistryMsg], request: OpenRequest,
-                        peer: Peer) -> SessionResult:
+                        peer: Peer, relayed: bool) -> SessionResult:
     """Ask the registry for a seat; retry server-picked codes that turned out to be taken."""
     result: SessionResult | None = None
     for _ in range(CREATE_ATTEMPTS):
@@ -470,13 +478,14 @@ async def _open_session(registry: trio.MemorySendChannel[RegistryMsg], request: 
         reply_send, reply_receive = trio.open_memory_channel[SessionResult](1)
         with reply_receive:
             try:
-                await registry.send(OpenSession(request=request, peer=peer, reply=reply_send))
+                await registry.send(OpenSession(request=request, peer=peer, reply=reply_send,
+                                                relayed=relayed))
                 result = await reply_receive.receive()
             finally:
                 if result is None:
                     _give_back(reply_receive, peer)
         retry_code = (isinstance(request, CreateRoom) and request.code is None
-                      and not isinstance(result, Attached) and result.code is Code.ROOM_EXISTS)
+                      and isinstance(result, Refused) and result.code is Code.ROOM_EXISTS)
         if not retry_code:
             return result
     assert result is not None
@@ -490,11 +499,12 @@ GUESSES = frozenset({Code.ROOM_NOT_FOUND, Code.INVALID_TOKEN})
 async def run_connection(handshake: Handshake, request: OpenRequest | Refused, peer: Peer,
                          config: Config, deps: Deps,
                          registry: trio.MemorySendChannel[RegistryMsg],
-                         failures: PerAddress) -> None:
+                         failures: PerAddress, node: Node, *, relayed: bool = False) -> None:
     """Serve one upgraded WebSocket until it closes (``Refused``: explain and close).
 
     ``failures`` counts failed joins and reconnects per address; an address out of
-    tokens is refused ``rate-limited`` before any room is asked.
+    tokens is refused ``rate-limited`` before any room is asked. A room another process
+    owns is relayed to it (unless the connection was ``relayed`` here already).
     """
     stream = handshake.stream
     conn = Connection(stream, handshake.protocol, peer, config, deps)
@@ -517,13 +527,16 @@ async def run_connection(handshake: Handshake, request: OpenRequest | Refused, p
             with trio.move_on_after(config.handshake_timeout) as joining:
                 if result is None:
                     assert not isinstance(request, Refused)
-                    result = await _open_session(registry, request, peer)
+                    result = await _open_session(registry, request, peer, relayed)
             if result is None or joining.cancelled_caught:
                 peer.close(close.TRY_AGAIN_LATER, "join timed out",
                            outbound.error(Code.UNAVAILABLE, "the room did not answer in time",
                                           deps.wall_ms()),
                            conn._backoff("unavailable", config.overload_retry_ms))
                 await conn.reader()
+                return
+            if isinstance(result, Relay):
+                await _relay(conn, result, handshake.target, node, nursery)
                 return
             if not isinstance(result, Attached):
                 if guessing and result.code in GUESSES:
@@ -547,6 +560,51 @@ async def run_connection(handshake: Handshake, request: OpenRequest | Refused, p
             _detach(room, peer)
         with trio.CancelScope(shield=True), trio.move_on_after(1):
             await stream.aclose()
+
+
+async def _relay(conn: Connection, relay: Relay, target: str, node: Node,
+                 nursery: trio.Nursery) -> None:
+    """Serve the connection by relaying it to the room's owner."""
+    peer, config, deps = conn.peer, conn.config, conn.deps
+    metrics = peer.metrics
+    url = relay.url
+    try:
+        with trio.fail_after(config.handshake_timeout):
+            stream = await deps.dial(url)
+            try:
+                upstream = await Upstream.open(
+                    stream, url, target, peer=peer, node=node,
+                    idle_timeout=config.heartbeat_interval + config.heartbeat_timeout)
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+    except UNREACHABLE:
+        if metrics is not None:
+            metrics.relays["unreachable"] += 1
+        # Come back once its lease may have expired (then the room moves), not before.
+        retry = (int(relay.remaining * 1000)
+                 + outbound.jitter(config.restart_retry_ms // 2, deps.random))
+        peer.close(close.TRY_AGAIN_LATER, "room unavailable",
+                   *unreachable_frames(url, retry, deps.wall_ms()))
+        await conn.reader()
+        return
+    if metrics is not None:
+        metrics.relays["opened"] += 1
+        metrics.relays_open += 1
+    try:
+        conn.upstream = upstream
+        nursery.start_soon(conn.heartbeat)
+        async with trio.open_nursery() as relaying:
+            relaying.start_soon(upstream.pump, config.close_timeout,
+                                conn._backoff("room-restart", config.restart_retry_ms))
+            await conn.reader()
+            received = conn.protocol.close_rcvd
+            upstream.close(received.code if received is not None else 1000)
+            # The owner answers the close (bounded): then the pump closes the client.
+            relaying.cancel_scope.deadline = trio.current_time() + config.close_timeout
+    finally:
+        if metrics is not None:
+            metrics.relays_open -= 1
 
 
 def _give_back(replies: trio.MemoryReceiveChannel[SessionResult], peer: Peer) -> None:

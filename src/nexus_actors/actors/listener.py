@@ -36,7 +36,8 @@ from .connection import Handshake, peer_factory, run_connection
 from .health import Health
 from .messages import Refused, RegistryMsg
 from .peer import Peer
-from .services import Services
+from .relay import CLIENT_HEADER, SECRET_HEADER, relayed_from
+from .services import Node, Services
 
 log = logging.getLogger("nexus_actors.listener")
 
@@ -60,6 +61,8 @@ class Listener:
     "WebSocket handshakes per address."
     failures: PerAddress
     "Failed joins and reconnects per address."
+    node: Node
+    "This process (its relay secret authenticates relayed connections)."
     static: StaticSite = attrs.Factory(StaticSite.from_package)
     "The built-in web page's files, read once at start-up."
     ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
@@ -82,7 +85,8 @@ class Listener:
                    connects=PerAddress(config.address_connect_rate,
                                        config.address_connect_burst),
                    failures=PerAddress(config.address_failure_rate,
-                                       config.address_failure_burst))
+                                       config.address_failure_burst),
+                   node=s.node)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one accepted stream to the end."""
@@ -96,7 +100,11 @@ class Listener:
             origin = handshake.header("Origin")
             if path == WEBSOCKET_PATH:
                 host = host_of(handshake.address)
-                if origin is not None and not self.origin_allowed(origin):
+                client = relayed_from(self.node, handshake.header(SECRET_HEADER),
+                                      handshake.header(CLIENT_HEADER))
+                if client is not None:  # its own process checked origin and rate
+                    await self._websocket(handshake, relayed_for=client)
+                elif origin is not None and not self.origin_allowed(origin):
                     await handshake.respond(HttpReply(
                         status=403, body={"error": "origin not allowed",
                                           "code": str(Code.FORBIDDEN)}))
@@ -129,7 +137,9 @@ class Listener:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _websocket(self, handshake: Handshake) -> None:
+    async def _websocket(self, handshake: Handshake, *, relayed_for: str | None = None) -> None:
+        """Upgrade and serve; ``relayed_for``: another process relayed this connection for
+        the client at that address."""
         if not await handshake.upgrade():
             return
         opening: OpenRequest | Refused
@@ -140,11 +150,12 @@ class Listener:
             close_code = (close.INVALID_TOKEN if refusal.code is Code.INVALID_TOKEN
                           else close.BAD_REQUEST)
             opening = Refused(code=refusal.code, message=refusal.message, close_code=close_code)
-        peer = self.make_peer(next(self.ids), handshake.address)
+        peer = self.make_peer(next(self.ids), relayed_for or handshake.address)
         self.open_connections += 1
         try:
             await run_connection(handshake, opening, peer, self.config, self.deps,
-                                 self.registry, self.failures)
+                                 self.registry, self.failures, self.node,
+                                 relayed=relayed_for is not None)
         finally:
             self.open_connections -= 1
             if not self.open_connections:

@@ -38,7 +38,17 @@ class Refused:
     "A ``backoff`` frame when the client should come back later."
 
 
-SessionResult = Attached | Refused
+@attrs.frozen(kw_only=True)
+class Relay:
+    """Another live process owns the room: relay the connection to it."""
+
+    url: str
+    "Its advertised WebSocket URL (``ws://host:port``)."
+    remaining: float
+    "Seconds until its lease expires unless renewed (when to come back if it is down)."
+
+
+SessionResult = Attached | Refused | Relay
 
 # Room mailbox --------------------------------------------------------------
 
@@ -52,6 +62,8 @@ class Attach:
     reply: trio.MemorySendChannel[SessionResult]
     inbox: trio.MemorySendChannel[RoomMsg]
     "A clone of the room's mailbox to hand to the connection."
+    relayed: bool = False
+    "Relayed here by another process: never relay it again (refuse instead)."
 
 
 @attrs.frozen(kw_only=True)
@@ -89,6 +101,15 @@ class WritesRejected:
     "The highest intent number refused (an incarnation ignores its predecessors')."
 
 
+@attrs.frozen(kw_only=True)
+class LeaseLost:
+    """Another process owns the room now (its lease was taken, or a commit was fenced):
+    stop at once, and send the clients to resume there."""
+
+    fence: int
+    "The lease lost (an incarnation holding a newer one ignores it)."
+
+
 @attrs.frozen
 class Stop:
     """The registry agreed that an idle room may stop."""
@@ -111,8 +132,8 @@ class Inspect:
     reply: trio.MemorySendChannel[dict[str, Any] | None]
 
 
-RoomMsg = (Attach | Inbound | CursorsPending | Detach | Committed | WritesRejected | Stop
-           | Drain | Crash | Inspect)
+RoomMsg = (Attach | Inbound | CursorsPending | Detach | Committed | WritesRejected | LeaseLost
+           | Stop | Drain | Crash | Inspect)
 
 # Registry mailbox ----------------------------------------------------------
 
@@ -122,6 +143,8 @@ class OpenSession:
     request: OpenRequest
     peer: Peer
     reply: trio.MemorySendChannel[SessionResult]
+    relayed: bool = False
+    "The connection was relayed here by another process."
 
 
 @attrs.frozen(kw_only=True)
@@ -163,3 +186,26 @@ class QueryRooms:
 
 RegistryMsg = (OpenSession | RoomIdle | RoomExited | DrainRooms | CrashRoom | InspectRoom
                | QueryRooms)
+
+# Lease actor mailbox ---------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Hold:
+    """A room claimed its lease: renew it with the others until :class:`Let` or lost."""
+
+    code: str
+    fence: int
+    room: trio.MemorySendChannel[RoomMsg]
+    "The room's mailbox (a clone the lease actor owns), told if the lease is lost."
+
+
+@attrs.frozen(kw_only=True)
+class Let:
+    """A room stopped (its release is queued with its last writes): renew it no more."""
+
+    code: str
+    fence: int
+
+
+LeaseMsg = Hold | Let

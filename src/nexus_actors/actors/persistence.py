@@ -7,7 +7,11 @@ waiting at all when intents queued while the previous batch committed: under
 load batches form on their own), commits them in one store transaction, and
 tells each room how far its intents are durable with a
 :class:`~nexus_actors.actors.messages.Committed`
-notice. A commit that fails because the store is unreachable is retried
+notice. Each intent carries the fence of its room's lease, and the store checks
+the fences in the same transaction: the writes of a room whose lease another
+process has taken are left out, and that room is told
+(:class:`~nexus_actors.actors.messages.LeaseLost`) and stops; its later intents
+are dropped. A commit that fails because the store is unreachable is retried
 with backoff, in order, until it succeeds: a confirmation may wait, but
 nothing queued is dropped or reordered. A commit the store *refuses* (the
 writes themselves are wrong: retrying cannot help) is split by room; the
@@ -31,7 +35,7 @@ from ..errors import StoreError, StoreRejected
 from ..metrics import Metrics
 from ..store.base import Store, Write
 from .health import Health
-from .messages import Committed, RoomMsg, WritesRejected
+from .messages import Committed, LeaseLost, RoomMsg, WritesRejected
 
 log = logging.getLogger("nexus_actors.persistence")
 
@@ -45,6 +49,8 @@ class Intent:
     "The room's running intent number, reported back in ``Committed``."
     owner: object | None = None
     "The room incarnation that wrote it; ``None`` for best-effort records."
+    fence: int | None = None
+    "The fence of the lease its room held when it wrote it (checked at commit)."
 
 
 @attrs.frozen(kw_only=True)
@@ -82,14 +88,17 @@ def _recovered(health: Health, metrics: Metrics) -> None:
         health.outage_since = None
 
 
-async def _commit_with_retry(store: Store, writes: Sequence[Write], health: Health,
-                             metrics: Metrics) -> None:
-    """Commit, retrying while the store is unreachable; :class:`StoreRejected` goes up."""
+async def _commit_with_retry(store: Store, intents: Sequence[Intent], health: Health,
+                             metrics: Metrics) -> frozenset[str]:
+    """Commit, retrying while the store is unreachable; the rooms fenced out of it.
+    :class:`StoreRejected` goes up."""
+    writes = [i.write for i in intents]
+    fences = {i.write.code: i.fence for i in intents if i.fence is not None}
     delay = RETRY_FIRST
     began = trio.current_time()
     while True:
         try:
-            await store.commit(writes)
+            fenced = await store.commit(writes, fences=fences)
         except StoreRejected:
             _recovered(health, metrics)  # it answered
             raise
@@ -100,17 +109,40 @@ async def _commit_with_retry(store: Store, writes: Sequence[Write], health: Heal
             continue
         _recovered(health, metrics)
         metrics.commits += 1
+        metrics.fenced += len(fenced)
         metrics.batch_size.observe(len(writes))
         metrics.commit_seconds.observe(trio.current_time() - began)
-        return
+        for code in sorted(fenced):
+            log.warning("room %s: writes refused, its lease belongs to another process now",
+                        code)
+        return fenced
+
+
+def _owners(intents: Sequence[Intent], codes: frozenset[str]) -> set[object]:
+    return {i.owner for i in intents if i.owner is not None and i.write.code in codes}
+
+
+def _by_fence(intents: list[Intent]) -> list[list[Intent]]:
+    """``intents`` cut where a room appears with another fence (a room restarted between
+    two of its writes): each part is committed with one fence per room."""
+    parts: list[list[Intent]] = [[]]
+    fences: dict[str, int] = {}
+    for intent in intents:
+        fence = intent.fence
+        if fence is not None and fences.setdefault(intent.write.code, fence) != fence:
+            parts.append([])
+            fences = {intent.write.code: fence}
+        parts[-1].append(intent)
+    return parts
 
 
 async def _commit(store: Store, intents: list[Intent], health: Health,
-                  metrics: Metrics) -> set[object]:
-    """Commit ``intents``; the owners whose writes the store refused (their writes lost)."""
+                  metrics: Metrics) -> tuple[set[object], set[object]]:
+    """Commit ``intents``; the owners whose writes the store refused (their writes lost),
+    and those it fenced out (their lease is another process's)."""
     try:
-        await _commit_with_retry(store, [i.write for i in intents], health, metrics)
-        return set()
+        return set(), _owners(intents, await _commit_with_retry(store, intents, health,
+                                                               metrics))
     except StoreRejected as exc:
         log.error("the store refused a batch of %d writes (%s); committing it room by room",
                   len(intents), exc.message)
@@ -121,9 +153,10 @@ async def _commit(store: Store, intents: list[Intent], health: Health,
         groups.setdefault(key, []).append(intent)
         owners[key] = intent.owner
     refused: set[object] = set()
+    lost: set[object] = set()
     for key, group in groups.items():
         try:
-            await _commit_with_retry(store, [i.write for i in group], health, metrics)
+            lost |= _owners(group, await _commit_with_retry(store, group, health, metrics))
         except StoreRejected as exc:
             owner = owners[key]
             code = group[0].write.code
@@ -131,7 +164,7 @@ async def _commit(store: Store, intents: list[Intent], health: Health,
                       code, exc.message)
             if owner is not None:
                 refused.add(owner)
-    return refused
+    return refused, lost
 
 
 async def _ping(store: Store, health: Health, metrics: Metrics) -> None:
@@ -155,7 +188,10 @@ async def run_persistence(
     """Run until ``inbox`` is closed and drained."""
     unsent: dict[trio.MemorySendChannel[RoomMsg], int] = {}
     refused: weakref.WeakSet[object] = weakref.WeakSet()
-    "Room incarnations whose writes the store refused: their later intents are dropped."
+    """Room incarnations whose writes the store refused or fenced out: their later intents
+    are dropped."""
+    fenced: weakref.WeakSet[object] = weakref.WeakSet()
+    "Room incarnations fenced out (told ``LeaseLost`` rather than ``WritesRejected``)."
     tell: dict[trio.MemorySendChannel[RoomMsg], RoomMsg] = {}
     task_status.started()
     with inbox:
@@ -182,14 +218,20 @@ async def run_persistence(
             await _fill(inbox, batch, config, linger=not waiting)
             intents = [m for m in batch if isinstance(m, Intent)
                        and (m.owner is None or m.owner not in refused)]
-            if intents:
-                for owner in await _commit(store, intents, health, metrics):
+            for part in _by_fence(intents) if intents else []:
+                rejected, lost = await _commit(store, part, health, metrics)
+                for owner in rejected | lost:
                     refused.add(owner)
+                for owner in lost:
+                    fenced.add(owner)
             for m in batch:
                 if not isinstance(m, Intent):
                     m.done.set()
                 elif m.notify is None:
                     continue
+                elif m.owner is not None and m.owner in fenced and m.fence is not None:
+                    tell[m.notify] = LeaseLost(fence=m.fence)
+                    unsent.pop(m.notify, None)
                 elif m.owner is not None and m.owner in refused:
                     previous = tell.get(m.notify)
                     mark = previous.mark if isinstance(previous, WritesRejected) else 0

@@ -116,7 +116,7 @@ async def run_registry(services: Services, inbox: trio.MemoryReceiveChannel[Regi
                 entry = start(code)
             try:
                 entry.inbox.send_nowait(Attach(request=request, peer=m.peer, reply=m.reply,
-                                               inbox=entry.inbox.clone()))
+                                               inbox=entry.inbox.clone(), relayed=m.relayed))
             except trio.WouldBlock:
                 refuse(m, Code.OVERLOADED, "the room is busy", close.TRY_AGAIN_LATER,
                        "overloaded")
@@ -126,7 +126,7 @@ async def run_registry(services: Services, inbox: trio.MemoryReceiveChannel[Regi
                 rooms.pop(code, None)
                 entry = start(code)
                 entry.inbox.send_nowait(Attach(request=request, peer=m.peer, reply=m.reply,
-                                               inbox=entry.inbox.clone()))
+                                               inbox=entry.inbox.clone(), relayed=m.relayed))
             entry.forwarded += 1
 
         def tell(entry: _Entry, message: RoomMsg) -> None:

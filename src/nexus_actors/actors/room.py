@@ -33,11 +33,13 @@ from ..room.resume import resume_point
 from ..room.state import RoomState, Seat
 from ..store.base import (
     AppendEvent,
+    HeldElsewhere,
     LogConnection,
     PutPresence,
     PutRoom,
     PutSeatToken,
     PutSnapshot,
+    ReleaseLease,
     RoomRecord,
     Write,
 )
@@ -52,9 +54,13 @@ from .messages import (
     CursorsPending,
     Detach,
     Drain,
+    Hold,
     Inbound,
     Inspect,
+    LeaseLost,
+    Let,
     Refused,
+    Relay,
     RoomIdle,
     RoomMsg,
     Stop,
@@ -101,6 +107,10 @@ def _seen(event: Event) -> Seen:
 
 class LostWrites(Exception):
     """Writes the room applied and broadcast were refused by the store."""
+
+
+class Moved(Exception):
+    """Another process owns the room now: this incarnation must stop, not restart."""
 
 
 @attrs.define
@@ -169,10 +179,18 @@ class Room:
         self.idle_requested = False
         self.draining = False
         self.done = False
+        self.fence: int | None = None
+        "The fence of the room's lease while this incarnation holds it."
+        self.elsewhere: HeldElsewhere | None = None
+        "Another live process holds the lease: every connection is relayed there."
+        self.released = False
+        "The lease was given up (a drain): nothing more is written."
 
     # Start ---------------------------------------------------------------
 
     async def load(self) -> None:
+        if not await self._claim():
+            return
         record = await self.s.store.load_room(self.code)
         now_ms = self.s.deps.wall_ms()
         if record is None or record.status == "abandoned":
@@ -189,6 +207,54 @@ class Room:
             # Clients are about to be told the new epoch: it must be durable first, or
             # another unclean stop would hand out the same epoch for different events.
             await self._until_epoch_is_durable()
+
+    async def _claim(self) -> bool:
+        """Take the room's lease; ``False`` if a live process holds it (then every
+        connection is relayed to it, and this incarnation stops once idle)."""
+        node, metrics = self.s.node, self.s.metrics
+        claim = await self.s.store.claim(self.code, node.id, node.url, self.config.lease_ttl)
+        if isinstance(claim, HeldElsewhere):
+            metrics.lease_claims["elsewhere"] += 1
+            self.elsewhere = claim
+            return False
+        metrics.lease_claims["takeover" if claim.takeover else "claimed"] += 1
+        if claim.takeover:
+            log.info("room %s: taken over from a process whose lease expired", self.code)
+        self.fence = claim.fence
+        try:
+            self.s.leases.send_nowait(Hold(code=self.code, fence=claim.fence,
+                                           room=self.notify.clone()))
+        except trio.WouldBlock:  # sized for every room: cannot happen short of a bug
+            log.error("room %s: the lease actor is full; its lease may expire", self.code)
+        return True
+
+    def release(self) -> None:
+        """This incarnation stopped for good: give the lease up (any process may claim the
+        room at once) and stop renewing it."""
+        fence = self.fence
+        if fence is None:
+            return
+        self.fence = None
+        if not self.released:
+            self.released = True
+            try:
+                self.s.persist.send_nowait(Intent(write=ReleaseLease(code=self.code,
+                                                                    fence=fence)))
+            except trio.WouldBlock:
+                pass  # it expires instead
+        self._let(fence)
+
+    def lost(self) -> None:
+        """The lease is another process's: stop renewing it, release nothing."""
+        if self.fence is not None:
+            self._let(self.fence)
+            self.fence = None
+
+    def _let(self, fence: int) -> None:
+        try:
+            self.s.leases.send_nowait(Let(code=self.code, fence=fence))
+        except trio.WouldBlock:
+            pass  # renewal then finds it gone
 
     async def _until_epoch_is_durable(self) -> None:
         began = trio.current_time()
@@ -245,11 +311,17 @@ class Room:
         self._expire_seats(now_ms)
         now = trio.current_time()
         if state.host_id is not None:
-            # After a restart the host gets its grace period again; a room that hibernated
+            # The host's grace period goes on from the store's record: a host that had
+            # left has that much less of it; one still connected when the room stopped
+            # (a drain, a dead process) gets all of it from now. A room that hibernated
             # has had nobody connected for longer than that, so whoever comes first and
             # is eligible may be promoted at once.
             hibernated = bool(record.journal) and record.journal[-1].name == "session/hibernated"
-            self.grace_deadline = now if hibernated else now + self.config.host_grace
+            left = record.last_seen.get(state.host_id)
+            away = (0.0 if left is None or state.host_id in record.connected
+                    else max(0.0, (now_ms - left) / 1000))
+            self.grace_deadline = (now if hibernated
+                                   else now + max(0.0, self.config.host_grace - away))
         self.idle_deadline = now + self.config.host_grace
         self.state_bytes = len(orjson.dumps(state.snapshot()))
         return begins_epoch
@@ -326,6 +398,8 @@ class Room:
             self.on_drain()
         elif isinstance(message, Stop):
             self.done = True
+        elif isinstance(message, LeaseLost) and message.fence == self.fence:
+            raise Moved(f"room {self.code} belongs to another process now")
         elif isinstance(message, WritesRejected) and (message.mark > self.first_mark
                                                       or not self.new_epoch):
             # A predecessor's lost writes need a new epoch; one that began here covers them.
@@ -362,6 +436,9 @@ class Room:
             self.idle_deadline = now + (self.config.host_grace if claimed else 0.0)
 
     def _attach(self, a: Attach) -> None:
+        if self.elsewhere is not None:
+            self._relay(a, self.elsewhere)
+            return
         if self.draining:
             self._refuse(a, Code.UNAVAILABLE, "the server is restarting",
                          close.SERVICE_RESTART, backoff="server-restart")
@@ -436,6 +513,24 @@ class Room:
             self._welcome(a.peer, name, seat.id, token, resume=None)
         self._check_host(trio.current_time())
 
+    def _relay(self, a: Attach, held: HeldElsewhere) -> None:
+        """Send the connection to the process that holds the lease, unless it came from
+        another process already, or that one cannot be reached: then come back when the
+        lease may have expired."""
+        url = held.url
+        if a.relayed or url is None or url == self.s.node.url:
+            # Once the lease may have expired, give or take a jitter: never before.
+            retry = (max(int(held.remaining * 1000), 0)
+                     + self._jitter(self.config.restart_retry_ms // 2))
+            self._refuse(a, Code.UNAVAILABLE, "the room is moving between servers; try again",
+                         close.TRY_AGAIN_LATER, backoff="unavailable", retry_ms=retry)
+            return
+        a.inbox.close()
+        try:
+            a.reply.send_nowait(Relay(url=url, remaining=held.remaining))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+            pass
+
     def _rotate_token(self, seat: Seat, presented: str, peer: Peer) -> None:
         """Give the seat a new token; send it in ``session/token`` once that is durable.
 
@@ -478,12 +573,16 @@ class Room:
         return True
 
     def _refuse(self, a: Attach, code: Code, message: str, close_code: int,
-                backoff: str | None = None) -> None:
+                backoff: str | None = None, retry_ms: int | None = None) -> None:
+        """Refuse the attach (``retry_ms``: the hint to give as it is, else a jittered
+        default for ``backoff``)."""
         hint = None
         if backoff is not None:
-            retry = (self.config.restart_retry_ms if backoff == "server-restart"
-                     else self.config.overload_retry_ms)
-            hint = outbound.backoff(backoff, self._jitter(retry), self._now_ms())
+            if retry_ms is None:
+                retry_ms = self._jitter(self.config.restart_retry_ms
+                                        if backoff == "server-restart"
+                                        else self.config.overload_retry_ms)
+            hint = outbound.backoff(backoff, retry_ms, self._now_ms())
         a.inbox.close()
         try:
             a.reply.send_nowait(Refused(code=code, message=message, close_code=close_code,
@@ -802,7 +901,8 @@ class Room:
     def _write(self, write: Write) -> int:
         self.mark += 1
         self.shell.marks = self.mark
-        self.backlog.append(Intent(write=write, notify=self.notify, mark=self.mark, owner=self))
+        self.backlog.append(Intent(write=write, notify=self.notify, mark=self.mark, owner=self,
+                                   fence=self.fence))
         self._flush_backlog()
         return self.mark
 
@@ -818,9 +918,10 @@ class Room:
         """A best-effort write (presence, connection log): dropped rather than ever waited for
         when the persistence queue is more than half full."""
         stats = self.s.persist.statistics()
-        if self.backlog or stats.current_buffer_used * 2 > stats.max_buffer_size:
+        if (self.released or self.backlog
+                or stats.current_buffer_used * 2 > stats.max_buffer_size):
             return
-        self.s.persist.send_nowait(Intent(write=write))
+        self.s.persist.send_nowait(Intent(write=write, fence=self.fence))
 
     def _persist_has_room(self, count: int) -> bool:
         """Admission control for client work: leave headroom for the room's own writes."""
@@ -906,6 +1007,11 @@ class Room:
             if self.since_snapshot:
                 self._snapshot()
             self._put_room("hibernating", now_ms)
+        if self.fence is not None:
+            # With the room's last writes, so its clients, told to resume once these are
+            # durable, find it free to claim on another process.
+            self._write(ReleaseLease(code=self.code, fence=self.fence))
+            self.released = True
         self.drain_deadline = trio.current_time() + min(DRAIN_ACK_WAIT,
                                                         self.config.drain_timeout / 4)
         self._drain_step()

@@ -8,6 +8,11 @@ some of the room's writes, the events they carried are lost: the restarted room
 begins a new epoch so clients that saw them start over from a baseline. More than
 :data:`MAX_CRASHES` crashes within :data:`CRASH_WINDOW` seconds stop the room;
 the next connection starts it afresh. Other rooms never notice.
+
+A room whose lease another process has taken (:class:`~.room.Moved`) is not
+restarted: its clients are sent away at once with a short ``room-moved`` hint,
+and reconnect to wherever the room lives now. A room that stops otherwise
+releases its lease.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from ..protocol import outbound
 from . import peer as close
 from .messages import RoomExited, RoomMsg
 from .persistence import Flush
-from .room import LostWrites, Room, Shell
+from .room import LostWrites, Moved, Room, Shell
 from .services import Services
 
 log = logging.getLogger("nexus_actors.room")
@@ -47,7 +52,15 @@ async def run_room(services: Services, code: str, generation: int,
                 lost = False
                 try:
                     await room.run(inbox)
+                    room.release()
                     log.info("room %s stopped", code)
+                    return
+                except Moved as exc:
+                    log.warning("%s; sending its clients there", exc)
+                    room.lost()
+                    _send_away(services, shell, "room-moved",
+                               services.config.restart_retry_ms // 4)
+                    room.refuse_all(inbox, Code.UNAVAILABLE, "the room moved; try again")
                     return
                 except LostWrites as exc:
                     log.error("room %s: %s; restarting it from the store", code, exc)
@@ -58,12 +71,7 @@ async def run_room(services: Services, code: str, generation: int,
                 crashes.append(now)
                 while crashes and crashes[0] < now - CRASH_WINDOW:
                     crashes.popleft()
-                base = services.config.restart_retry_ms
-                for peer in shell.peers.values():
-                    retry = outbound.jitter(base, services.deps.random)
-                    peer.close(close.SERVICE_RESTART, "room restart",
-                               outbound.backoff("room-restart", retry, services.deps.wall_ms()))
-                shell.peers.clear()
+                _send_away(services, shell, "room-restart", services.config.restart_retry_ms)
                 # Wait until the store has taken (or refused) everything this room wrote:
                 # whatever starts next, here or as a new generation, loads it.
                 done = trio.Event()
@@ -72,6 +80,7 @@ async def run_room(services: Services, code: str, generation: int,
                 if len(crashes) > MAX_CRASHES:
                     log.error("room %s crashed %d times in %.0fs; stopping it", code,
                               len(crashes), CRASH_WINDOW)
+                    room.release()
                     room.refuse_all(inbox, Code.UNAVAILABLE, "the room is unavailable")
                     return
                 # Everything it broadcast is durable now, unless the store refused some of
@@ -82,3 +91,12 @@ async def run_room(services: Services, code: str, generation: int,
             services.registry.send_nowait(RoomExited(code=code, generation=generation))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             log.warning("room %s could not report its exit", code)
+
+
+def _send_away(services: Services, shell: Shell, reason: str, retry_ms: int) -> None:
+    """Close every client of the room with a jittered hint: they resume by themselves."""
+    for peer in shell.peers.values():
+        retry = outbound.jitter(retry_ms, services.deps.random)
+        peer.close(close.SERVICE_RESTART, reason.replace("-", " "),
+                   outbound.backoff(reason, retry, services.deps.wall_ms()))
+    shell.peers.clear()

@@ -10,8 +10,21 @@ from ..deps import Deps
 from ..metrics import Metrics
 from ..store.base import Store
 from .health import Health
-from .messages import RegistryMsg
+from .messages import LeaseMsg, RegistryMsg
 from .persistence import PersistMsg
+
+
+@attrs.define(kw_only=True)
+class Node:
+    """This process among those sharing the database."""
+
+    id: str
+    "Its name in room leases (``NEXUS_NODE_ID``, or host name and port)."
+    url: str | None
+    "Where other processes reach it to relay a client (``NEXUS_ADVERTISE_URL``)."
+    relay_secret: str | None = None
+    """Shared by every process, read from the store once it answers (set once, by the
+    supervisor): authenticates relayed connections. Until then nothing is relayed."""
 
 
 @attrs.frozen(kw_only=True)
@@ -24,4 +37,7 @@ class Services:
     "The persistence actor's mailbox (rooms use ``send_nowait``)."
     registry: trio.MemorySendChannel[RegistryMsg]
     "The registry's mailbox."
+    leases: trio.MemorySendChannel[LeaseMsg]
+    "The lease actor's mailbox (rooms use ``send_nowait``)."
     metrics: Metrics
+    node: Node

@@ -7,7 +7,9 @@ memory store and seeded deps, and it runs the real server under MockClock.
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -16,21 +18,25 @@ import trio
 
 from ..config import Config
 from ..deps import Deps
+from ..errors import StoreError
 from ..metrics import Metrics
 from ..store.base import Store
 from ..store.memory import MemoryStore
 from ..tls import tls_context
 from .health import Health
 from .janitor import run_janitor
+from .leases import run_leases
 from .listener import Listener
-from .messages import CrashRoom, DrainRooms, InspectRoom, QueryRooms, RegistryMsg
+from .messages import CrashRoom, DrainRooms, InspectRoom, LeaseMsg, QueryRooms, RegistryMsg
 from .persistence import Flush, PersistMsg, run_persistence
 from .registry import run_registry
-from .services import Services
+from .services import Node, Services
 
 log = logging.getLogger("nexus_actors")
 
 REGISTRY_INBOX = 4096
+RETRY_SECRET_MAX = 5.0
+"Seconds between attempts to read the relay secret from a store that does not answer."
 
 
 @attrs.define(kw_only=True)
@@ -46,16 +52,13 @@ class Server:
     _persist: trio.MemorySendChannel[PersistMsg]
     _stop: trio.Event
 
+    node: Node
+    "This process among those sharing the store."
+
     @property
     def ports(self) -> list[int]:
         """TCP ports listened on (for servers started with ``port=0``)."""
-        found = []
-        for item in self.listeners:
-            if isinstance(item, trio.SSLListener):
-                item = item.transport_listener
-            if isinstance(item, trio.SocketListener):
-                found.append(item.socket.getsockname()[1])
-        return found
+        return _ports(self.listeners)
 
     def shutdown(self) -> None:
         """Begin the drain, as SIGTERM does."""
@@ -128,13 +131,6 @@ async def serve(
     deps = deps or Deps.production()
     store = store if store is not None else MemoryStore(journal_retain=config.journal_retain)
     health = Health(started_at=trio.current_time())
-    persist_send, persist_receive = trio.open_memory_channel[PersistMsg](config.persist_queue)
-    registry_send, registry_receive = trio.open_memory_channel[RegistryMsg](REGISTRY_INBOX)
-    metrics = Metrics()
-    services = Services(config=config, deps=deps, store=store, health=health,
-                        persist=persist_send, registry=registry_send, metrics=metrics)
-    listener = Listener.create(services)
-    _observe(metrics, health, listener, persist_send)
     if listeners is None:
         context = tls_context(config)
         if context is None:
@@ -142,9 +138,21 @@ async def serve(
         else:
             listeners = list(await trio.open_ssl_over_tcp_listeners(
                 config.port, context, host=config.host, https_compatible=True))
+    node = Node(id=config.node_id or _node_id(_ports(listeners)),
+                url=config.advertise_url or _advertised(config, _ports(listeners)))
+    persist_send, persist_receive = trio.open_memory_channel[PersistMsg](config.persist_queue)
+    registry_send, registry_receive = trio.open_memory_channel[RegistryMsg](REGISTRY_INBOX)
+    leases_send, leases_receive = trio.open_memory_channel[LeaseMsg](2 * config.max_rooms + 64)
+    metrics = Metrics()
+    services = Services(config=config, deps=deps, store=store, health=health,
+                        persist=persist_send, registry=registry_send, leases=leases_send,
+                        metrics=metrics, node=node)
+    listener = Listener.create(services)
+    _observe(metrics, health, listener, persist_send)
     stop = trio.Event()
     server = Server(config=config, health=health, store=store, listeners=listeners,
-                    listener=listener, registry=registry_send, persist=persist_send, stop=stop)
+                    listener=listener, registry=registry_send, persist=persist_send, stop=stop,
+                    node=node)
     interrupted: list[int] = []
     async with trio.open_nursery() as root:
 
@@ -152,7 +160,9 @@ async def serve(
             interrupted.append(signum)
             root.cancel_scope.cancel()
 
+        root.start_soon(_read_relay_secret, store, node)
         await root.start(run_persistence, store, persist_receive, config, health, metrics)
+        await root.start(run_leases, services, leases_receive)
         await root.start(run_registry, services, registry_receive)
         await root.start(run_janitor, services)
         accepting = trio.CancelScope()
@@ -163,6 +173,7 @@ async def serve(
         scheme = "https/wss" if config.tls_cert else "http/ws"
         for port in server.ports:
             log.info("listening on %s:%d (%s)", config.host, port, scheme)
+        log.info("node %s, reached by other processes at %s", node.id, node.url or "-")
         if config.cors_origin is None:
             log.warning("CORS_ORIGIN is not set: pages on any origin may open WebSockets "
                         "here; set it to the origins that serve your client")
@@ -190,6 +201,65 @@ def _observe(metrics: Metrics, health: Health, listener: Listener,
     metrics.gauge("draining", "1 while the server drains.", lambda: 1 if health.draining else 0)
     metrics.gauge("uptime_seconds", "Seconds since the server started.",
                   lambda: trio.current_time() - health.started_at)
+
+
+def _ports(listeners: list[trio.abc.Listener[trio.abc.Stream]]) -> list[int]:
+    found = []
+    for item in listeners:
+        if isinstance(item, trio.SSLListener):
+            item = item.transport_listener
+        if isinstance(item, trio.SocketListener):
+            found.append(item.socket.getsockname()[1])
+    return found
+
+
+def _node_id(ports: list[int]) -> str:
+    """The default node id: the host name (a container's id, a pod's name) and the port.
+    No two live processes share both (a port has one listener), and a process restarted
+    in place gets its own id back, so it takes its rooms back at once after a crash.
+    Without a TCP port (in-memory tests), random digits stand in for it."""
+    host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-.")[:60]
+    return f"{host or 'nexus'}:{ports[0] if ports else secrets.token_hex(4)}"
+
+
+async def _read_relay_secret(store: Store, node: Node) -> None:
+    """Read the cluster's relay secret into ``node``, retrying while the store cannot be
+    reached (the server serves meanwhile; it only cannot relay)."""
+    delay = 0.1
+    while True:
+        try:
+            node.relay_secret = await store.relay_secret()
+            return
+        except StoreError as exc:
+            log.warning("cannot read the relay secret yet: %s", exc.message)
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_SECRET_MAX)
+
+
+def _advertised(config: Config, ports: list[int]) -> str | None:
+    """``ws://`` (``wss://`` with TLS) with the listening address and port; for a
+    wildcard address, the address this host uses to reach others. ``None`` without a
+    TCP listener (in-memory tests)."""
+    if not ports:
+        return None
+    host = config.host
+    if host in ("", "0.0.0.0", "::"):
+        host = _own_address()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'wss' if config.tls_cert else 'ws'}://{host}:{ports[0]}"
+
+
+def _own_address() -> str:
+    """The address of the interface this host would use to reach another (no packet is
+    sent: connecting a UDP socket only picks the route)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("10.255.255.255", 1))
+            address: str = probe.getsockname()[0]
+            return address
+    except OSError:
+        return "127.0.0.1"
 
 
 async def _nursery_forever(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:

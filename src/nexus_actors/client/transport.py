@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
 import trio
 from websockets.client import ClientProtocol
@@ -80,12 +80,17 @@ class Link:
     async def open(cls, stream: trio.abc.Stream, uri: str, *, compress: bool,
                    idle_timeout: float, pacing: TokenBucket, cursor_interval: float,
                    take_cursor: Callable[[], bytes | None],
-                   cursor_waiting: Callable[[], bool]) -> Link:
-        """Run the opening handshake for ``uri`` (``ws://host:port/ws?...``) on ``stream``."""
+                   cursor_waiting: Callable[[], bool],
+                   headers: Sequence[tuple[str, str]] = ()) -> Link:
+        """Run the opening handshake for ``uri`` (``ws://host:port/ws?...``) on ``stream``,
+        with extra request ``headers``."""
         # ``None``, not ``[]``: an empty list would send an empty extensions header.
         extensions = [ClientPerMessageDeflateFactory()] if compress else None
         protocol = ClientProtocol(parse_uri(uri), extensions=extensions, max_size=None)
-        protocol.send_request(protocol.connect())
+        request = protocol.connect()
+        for name, value in headers:
+            request.headers[name] = value
+        protocol.send_request(request)
         link = cls(stream, protocol, idle_timeout=idle_timeout, pacing=pacing,
                    cursor_interval=cursor_interval, take_cursor=take_cursor,
                    cursor_waiting=cursor_waiting)
@@ -156,6 +161,21 @@ class Link:
         """The server's close code (``None``: the connection ended without a close frame)."""
         close = self.protocol.close_rcvd
         return close.code if close is not None else None
+
+    @property
+    def close_reason(self) -> str:
+        close = self.protocol.close_rcvd
+        return close.reason if close is not None else ""
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting to be written."""
+        return len(self._outgoing)
+
+    @property
+    def buffered(self) -> int:
+        """Messages already received and not yet delivered (more will follow at once)."""
+        return len(self._messages)
 
     # Writing --------------------------------------------------------------------------
 

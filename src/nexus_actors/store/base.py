@@ -88,7 +88,41 @@ class LogConnection:
     metadata: dict[str, Any] | None = None
 
 
-Write = AppendEvent | PutSnapshot | PutRoom | PutPresence | PutSeatToken | LogConnection
+@attrs.frozen(kw_only=True)
+class ReleaseLease:
+    """Give up the room's lease (a drain, or an idle room stopping), if ``fence`` is still
+    the lease's: any process may claim the room at once instead of after its expiry."""
+
+    code: str
+    fence: int
+
+
+Write = (AppendEvent | PutSnapshot | PutRoom | PutPresence | PutSeatToken | LogConnection
+         | ReleaseLease)
+
+
+@attrs.frozen(kw_only=True)
+class Claimed:
+    """This process owns the room now; its writes carry ``fence``."""
+
+    fence: int
+    takeover: bool
+    "The lease was another process's, and had expired."
+
+
+@attrs.frozen(kw_only=True)
+class HeldElsewhere:
+    """Another process holds the room's lease and renewed it in time."""
+
+    owner: str
+    "Its node id."
+    url: str | None
+    "Where it can be reached (its advertised WebSocket URL)."
+    remaining: float
+    "Seconds until the lease expires unless it is renewed."
+
+
+Claim = Claimed | HeldElsewhere
 
 
 @attrs.frozen(kw_only=True)
@@ -108,6 +142,9 @@ class RoomRecord:
     tokens: Mapping[str, tuple[str, str]] = attrs.Factory(dict)
     """Seat → ``(token hash, previous token hash)`` of its latest rotation, where one was
     recorded (``""``: no previous token)."""
+    connected: frozenset[str] = frozenset()
+    """Seats whose member the store last saw connected (its previous owner stopped
+    before they left): for the others, ``last_seen`` is when they left."""
 
 
 @attrs.frozen(kw_only=True)
@@ -132,14 +169,35 @@ class Store(Protocol):
         """The room's record, or ``None`` if the code was never used."""
         ...
 
-    async def commit(self, writes: Sequence[Write]) -> None:
+    async def commit(self, writes: Sequence[Write], *,
+                     fences: Mapping[str, int] | None = None) -> frozenset[str]:
         """Apply every write in one transaction, or none (raise ``StoreError``).
+
+        With ``fences`` (room code → the fence of the lease its writer holds), the same
+        transaction first checks each room's lease: the writes of a room whose fence is
+        no longer the lease's are left out, and its code is returned (the room is
+        *fenced*). The others commit.
 
         A batch may be retried after an error raised once it had committed (the
         connection failed before the acknowledgement): events already in the journal
         with the same ``serverSequence`` and ``eventId`` are skipped, so a retry never
         writes anything twice and never fails because of the first attempt.
         """
+        ...
+
+    async def claim(self, code: str, node: str, url: str | None, ttl: float) -> Claim:
+        """Take room ``code``'s lease for ``node`` for ``ttl`` seconds, with a new fence:
+        if nobody holds it, if its holder let it expire, or if ``node`` holds it already
+        (a restarted room of the same process). Otherwise say who holds it."""
+        ...
+
+    async def renew(self, node: str, leases: Mapping[str, int], ttl: float) -> set[str]:
+        """Extend ``node``'s leases (room code → fence) by ``ttl`` seconds, in one
+        statement; the codes still held (a lease claimed by another since is not)."""
+        ...
+
+    async def relay_secret(self) -> str:
+        """The secret every process shares to authenticate relayed connections."""
         ...
 
     async def abandon_idle(self, before: int) -> list[str]:

@@ -9,8 +9,9 @@ and the simulation use it; nothing here touches the wall clock.
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import attrs
 import orjson
@@ -20,10 +21,14 @@ from ..errors import StoreError, StoreRejected
 from ..room.events import Event
 from .base import (
     AppendEvent,
+    Claim,
+    Claimed,
+    HeldElsewhere,
     LogConnection,
     PutPresence,
     PutRoom,
     PutSeatToken,
+    ReleaseLease,
     RoomRecord,
     RoomStats,
     RoomStatus,
@@ -47,6 +52,15 @@ class _Row:
     event_ids: set[str] = attrs.Factory(set)
 
 
+@attrs.define(kw_only=True)
+class _Lease:
+    owner: str
+    url: str | None
+    fence: int
+    expires: float
+    "Trio time (the database's clock, here)."
+
+
 class MemoryStore:
     """In-memory :class:`~nexus_actors.store.Store` with fault injection."""
 
@@ -67,6 +81,13 @@ class MemoryStore:
         "Why each batch the store refused was refused (injected refusals included)."
         self.connection_events: list[LogConnection] = []
         "Connection lifecycle records, as ``connection_events`` would hold them."
+        self.leases: dict[str, _Lease] = {}
+        "Room code → its lease, as ``room_leases`` would hold it."
+        self.fences = 0
+        "The last fence handed out (``room_lease_fence``)."
+        self.fenced: list[str] = []
+        "Rooms whose writes a commit left out because their fence was stale, in order."
+        self._secret = secrets.token_hex(32)
 
     # Fault injection -----------------------------------------------------
 
@@ -115,23 +136,57 @@ class MemoryStore:
         return RoomRecord(code=code, status=row.status, last_activity=row.last_activity,
                           epochs=row.epochs, snapshot=row.snapshot,
                           journal=[_decode(entry) for entry in row.journal],
-                          last_seen=dict(row.last_seen), tokens=dict(row.tokens))
+                          last_seen=dict(row.last_seen), tokens=dict(row.tokens),
+                          connected=frozenset(row.connected))
 
-    async def commit(self, writes: Sequence[Write]) -> None:
+    async def commit(self, writes: Sequence[Write], *,
+                     fences: Mapping[str, int] | None = None) -> frozenset[str]:
         await self._gate()
         if self._fail_before:
             self._fail_before -= 1
             raise StoreError("injected failure before commit")
+        fenced = frozenset(code for code, fence in (fences or {}).items()
+                           if (lease := self.leases.get(code)) is None or lease.fence != fence)
+        kept = [w for w in writes if w.code not in fenced] if fenced else writes
         try:
-            self._apply(writes)
+            self._apply(kept)
         except StoreRejected as exc:
             self.rejections.append(exc.message)
             raise
+        self.fenced.extend(sorted(fenced))
         self.commits += 1
-        self.writes += len(writes)
+        self.writes += len(kept)
         if self._fail_after:
             self._fail_after -= 1
             raise StoreError("injected failure after commit")
+        return fenced
+
+    async def claim(self, code: str, node: str, url: str | None, ttl: float) -> Claim:
+        await self._gate()
+        now = trio.current_time()
+        lease = self.leases.get(code)
+        if lease is not None and lease.owner != node and lease.expires > now:
+            return HeldElsewhere(owner=lease.owner, url=lease.url,
+                                 remaining=lease.expires - now)
+        self.fences += 1
+        self.leases[code] = _Lease(owner=node, url=url, fence=self.fences, expires=now + ttl)
+        return Claimed(fence=self.fences, takeover=lease is not None and lease.owner != node)
+
+    async def renew(self, node: str, leases: Mapping[str, int], ttl: float) -> set[str]:
+        await self._gate()
+        if self._fail_before:
+            raise StoreError("injected failure")
+        now = trio.current_time()
+        kept = set()
+        for code, fence in leases.items():
+            lease = self.leases.get(code)
+            if lease is not None and lease.owner == node and lease.fence == fence:
+                lease.expires = now + ttl
+                kept.add(code)
+        return kept
+
+    async def relay_secret(self) -> str:
+        return self._secret
 
     def _apply(self, writes: Sequence[Write]) -> None:
         # Check the whole batch first so a bad one changes nothing (one transaction).
@@ -156,8 +211,8 @@ class MemoryStore:
                     next_sequence.pop(write.code, None)
                 statuses[write.code] = write.status
                 continue
-            if isinstance(write, LogConnection):
-                continue  # best-effort analytics: no room row needed
+            if isinstance(write, LogConnection | ReleaseLease):
+                continue  # analytics and leases: no room row needed
             if row is None and write.code not in exists:
                 raise StoreRejected(f"room {write.code} has no row")
             if isinstance(write, AppendEvent):
@@ -182,6 +237,11 @@ class MemoryStore:
                 continue
             if isinstance(write, LogConnection):
                 self.connection_events.append(write)
+                continue
+            if isinstance(write, ReleaseLease):
+                lease = self.leases.get(write.code)
+                if lease is not None and lease.fence == write.fence:
+                    del self.leases[write.code]
                 continue
             row = self._rooms.get(write.code)
             if isinstance(write, PutRoom):

@@ -15,7 +15,7 @@ projections are idempotent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, LiteralString, TypeVar
 
@@ -30,10 +30,15 @@ from ..room.events import Event
 from ..room.permissions import PRIMARY
 from .base import (
     AppendEvent,
+    Claim,
+    Claimed,
+    HeldElsewhere,
+    LogConnection,
     PutPresence,
     PutRoom,
     PutSeatToken,
     PutSnapshot,
+    ReleaseLease,
     RoomRecord,
     RoomStats,
     RoomStatus,
@@ -148,9 +153,34 @@ class PostgresStore:
     async def load_room(self, code: str) -> RoomRecord | None:
         return await self._run(lambda conn: _load_room(conn, code))
 
-    async def commit(self, writes: Sequence[Write]) -> None:
+    async def commit(self, writes: Sequence[Write], *,
+                     fences: Mapping[str, int] | None = None) -> frozenset[str]:
         retain = self.journal_retain
-        await self._write(lambda conn: _commit(conn, writes, retain))
+        return await self._write(lambda conn: _commit_fenced(conn, writes, fences or {},
+                                                             retain))
+
+    async def claim(self, code: str, node: str, url: str | None, ttl: float) -> Claim:
+        return await self._run(lambda conn: _claim(conn, code, node, url, ttl))
+
+    async def renew(self, node: str, leases: Mapping[str, int], ttl: float) -> set[str]:
+        codes, fences = list(leases), list(leases.values())
+
+        def run(conn: psycopg.Connection[Any]) -> set[str]:
+            with conn.transaction():
+                rows = conn.execute(_RENEW, (ttl, codes, fences, node)).fetchall()
+            return {row[0] for row in rows}
+
+        return await self._run(run)
+
+    async def relay_secret(self) -> str:
+        def run(conn: psycopg.Connection[Any]) -> str:
+            row = conn.execute(
+                "SELECT value FROM cluster_settings WHERE name = 'relay_secret'").fetchone()
+            if row is None:
+                raise StoreRejected("cluster_settings has no relay_secret: migrate first")
+            return str(row[0])
+
+        return await self._run(run)
 
     async def abandon_idle(self, before: int) -> list[str]:
         def run(conn: psycopg.Connection[Any]) -> list[str]:
@@ -233,17 +263,72 @@ def _load_room(conn: psycopg.Connection[Any], code: str) -> RoomRecord | None:
     ]
     last_seen: dict[str, int] = {}
     tokens: dict[str, tuple[str, str]] = {}
-    for member_id, seen, token_hash, previous_hash in conn.execute(
+    connected: set[str] = set()
+    for member_id, seen, token_hash, previous_hash, is_connected in conn.execute(
             "SELECT id, (extract(epoch FROM last_seen) * 1000)::bigint, token_hash,"
-            " previous_token_hash FROM players WHERE room_code = %s", (code,)):
+            " previous_token_hash, connected FROM players WHERE room_code = %s", (code,)):
         last_seen[member_id] = seen
         if previous_hash is not None:
             tokens[member_id] = (token_hash, previous_hash)
+        if is_connected:
+            connected.add(member_id)
     return RoomRecord(
         code=code, status=status, last_activity=row[1],
         epochs=epochs,
         snapshot=snapshot_row[0].encode() if snapshot_row is not None else None,
-        journal=events, last_seen=last_seen, tokens=tokens)
+        journal=events, last_seen=last_seen, tokens=tokens, connected=frozenset(connected))
+
+
+# Leases ---------------------------------------------------------------------
+
+_LEASE_OF: LiteralString = (
+    "SELECT owner, owner_url, extract(epoch FROM expires_at - clock_timestamp())::float8"
+    " FROM room_leases WHERE room_code = %s FOR UPDATE")
+_LEASE_INSERT: LiteralString = (
+    "INSERT INTO room_leases (room_code, owner, owner_url, fence, expires_at)"
+    " VALUES (%s, %s, %s, nextval('room_lease_fence'),"
+    " clock_timestamp() + %s * interval '1 second')"
+    " ON CONFLICT (room_code) DO NOTHING RETURNING fence")
+_LEASE_TAKE: LiteralString = (
+    "UPDATE room_leases SET owner = %s, owner_url = %s, fence = nextval('room_lease_fence'),"
+    " expires_at = clock_timestamp() + %s * interval '1 second'"
+    " WHERE room_code = %s RETURNING fence")
+_RENEW: LiteralString = (
+    "UPDATE room_leases SET expires_at = clock_timestamp() + %s * interval '1 second'"
+    " WHERE room_code IN (SELECT l.room_code FROM room_leases l"
+    " JOIN unnest(%s::text[], %s::bigint[]) AS u(code, fence)"
+    " ON l.room_code = u.code AND l.fence = u.fence WHERE l.owner = %s"
+    " ORDER BY l.room_code FOR UPDATE OF l)"
+    " RETURNING room_code")
+_LEASE_LOCK: LiteralString = (
+    "SELECT 1 FROM room_leases WHERE room_code = ANY(%s) ORDER BY room_code FOR SHARE")
+_FENCED: LiteralString = (
+    "SELECT u.code FROM unnest(%s::text[], %s::bigint[]) AS u(code, fence)"
+    " WHERE NOT EXISTS (SELECT 1 FROM room_leases l"
+    " WHERE l.room_code = u.code AND l.fence = u.fence)")
+_RELEASE: LiteralString = "DELETE FROM room_leases WHERE room_code = %s AND fence = %s"
+
+
+def _claim(conn: psycopg.Connection[Any], code: str, node: str, url: str | None,
+           ttl: float) -> Claim:
+    """One transaction: the lease row locked, then taken or reported. Two processes
+    claiming at once are serialized by the row lock (or the primary key, for a room
+    nobody has held): exactly one gets the lease."""
+    for _ in range(3):
+        with conn.transaction():
+            held = conn.execute(_LEASE_OF, (code,)).fetchone()
+            if held is None:
+                row = conn.execute(_LEASE_INSERT, (code, node, url, ttl)).fetchone()
+                if row is not None:
+                    return Claimed(fence=int(row[0]), takeover=False)
+                continue  # another process inserted it first: read what it holds
+            owner, owner_url, remaining = held
+            if owner != node and remaining > 0:
+                return HeldElsewhere(owner=owner, url=owner_url, remaining=float(remaining))
+            row = conn.execute(_LEASE_TAKE, (node, url, ttl, code)).fetchone()
+            assert row is not None
+            return Claimed(fence=int(row[0]), takeover=owner != node)
+    raise StoreError(f"room {code}: its lease kept changing while it was claimed")
 
 
 # Writes ---------------------------------------------------------------------
@@ -302,15 +387,51 @@ def _json(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-def _commit(conn: psycopg.Connection[Any], writes: Sequence[Write], retain: int) -> None:
+class _Fenced(Exception):
+    """Rolls a batch back: these rooms' fences are stale."""
+
+    def __init__(self, codes: frozenset[str]) -> None:
+        super().__init__(", ".join(sorted(codes)))
+        self.codes = codes
+
+
+def _commit_fenced(conn: psycopg.Connection[Any], writes: Sequence[Write],
+                   fences: Mapping[str, int], retain: int) -> frozenset[str]:
+    """Commit ``writes`` except those of rooms whose fence is stale; the stale rooms.
+
+    The lease check is the batch's first statement and its result is read last, so the
+    batch is still one round trip: when some room turns out to be fenced (rare: a lost
+    lease), the transaction is rolled back and the batch committed again without it.
+    """
+    fenced: frozenset[str] = frozenset()
+    while True:
+        try:
+            _commit(conn, [w for w in writes if w.code not in fenced],
+                    {code: fence for code, fence in fences.items() if code not in fenced},
+                    retain)
+            return fenced
+        except _Fenced as exc:
+            fenced |= exc.codes
+
+
+def _commit(conn: psycopg.Connection[Any], writes: Sequence[Write], fences: Mapping[str, int],
+            retain: int) -> None:
     """One transaction: every write in order, but the batch's journal rows in ONE insert.
 
-    The journal rows go in last, together, after the rooms they belong to exist, and
-    the journal is trimmed after them; the projections and other writes keep their order.
+    It begins by locking the leases of the rooms in ``fences`` (so no process can claim
+    one until this commits) and checking their fences; :class:`_Fenced` rolls it back
+    if one is stale. The journal rows go in last, together, after the rooms they belong
+    to exist, and the journal is trimmed after them; the projections and other writes
+    keep their order.
     """
     events: list[AppendEvent] = []
     trims: list[tuple[str, int]] = []
     with conn.transaction(), conn.pipeline():
+        check = conn.cursor()
+        if fences:
+            codes = list(fences)
+            conn.execute(_LEASE_LOCK, (codes,))
+            check.execute(_FENCED, (codes, [fences[code] for code in codes]))
         cursor = conn.cursor()
         for write in writes:
             if isinstance(write, AppendEvent):
@@ -332,7 +453,7 @@ def _commit(conn: psycopg.Connection[Any], writes: Sequence[Write], retain: int)
             elif isinstance(write, PutSeatToken):
                 cursor.execute(_SEAT_TOKEN, (write.token_hash, write.previous_hash,
                                              write.code, write.member_id))
-            else:
+            elif isinstance(write, LogConnection):
                 cursor.execute(_CONNECTION_EVENT, (
                     write.code, write.user_id, write.kind, write.at, _json(write.metadata),
                     write.code))
@@ -344,6 +465,13 @@ def _commit(conn: psycopg.Connection[Any], writes: Sequence[Write], retain: int)
                 [_json(w.event.secret) for w in events], [w.event.timestamp for w in events]))
         for code, through in trims:
             cursor.execute(_TRIM, (code, through))
+        for write in writes:  # after the check, which must see the leases still there
+            if isinstance(write, ReleaseLease):
+                cursor.execute(_RELEASE, (write.code, write.fence))
+        if fences:
+            stale = frozenset(row[0] for row in check.fetchall())
+            if stale:
+                raise _Fenced(stale)
 
 
 def _project(cursor: psycopg.Cursor[Any], code: str, event: Event) -> None:

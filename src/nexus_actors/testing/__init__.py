@@ -5,7 +5,11 @@ want to test their own clients or bots against a real server in-process.
 """
 
 from .client import ClientError as ClientError, TestClient as TestClient, query as query
-from .harness import TestServer as TestServer, open_server as open_server
+from .harness import (
+    TestServer as TestServer,
+    open_server as open_server,
+    open_servers as open_servers,
+)
 from .streams import (
     MemoryListener as MemoryListener,
     MemoryStream as MemoryStream,

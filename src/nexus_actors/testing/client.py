@@ -69,7 +69,8 @@ class TestClient:
 
     @classmethod
     async def open(cls, stream: trio.abc.Stream, target: str, nursery: trio.Nursery, *,
-                   origin: str | None = None, compress: bool = True) -> TestClient:
+                   origin: str | None = None, compress: bool = True,
+                   headers: dict[str, str] | None = None) -> TestClient:
         """Run the opening handshake on ``stream`` for ``target`` (``/ws?join=...``)."""
         # ``None``, not ``[]``: an empty list sends an empty (invalid) extensions header.
         extensions = [ClientPerMessageDeflateFactory()] if compress else None
@@ -78,6 +79,8 @@ class TestClient:
         request = protocol.connect()
         if origin is not None:
             request.headers["Origin"] = origin
+        for name, value in (headers or {}).items():
+            request.headers[name] = value
         protocol.send_request(request)
         client = cls(stream, protocol)
         await client._flush()

@@ -10,14 +10,15 @@ timeouts that span minutes run in milliseconds, deterministically.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import attrs
 import trio
 
 from ..actors.supervisor import Server, serve
 from ..config import Config
-from ..deps import Deps
+from ..deps import Deps, Dial
 from ..store.memory import MemoryStore
 from .client import TestClient, query
 from .streams import DEFAULT_CAPACITY, MemoryListener
@@ -30,7 +31,9 @@ class TestServer:
 
     def __init__(self, config: Config, deps: Deps, store: MemoryStore,
                  nursery: trio.Nursery) -> None:
-        self.config = config
+        # One node id for every start: a restarted server takes its rooms' leases back at
+        # once, as a process restarted with the same NEXUS_NODE_ID does.
+        self.config = config if config.node_id else config.evolve(node_id="memory-server")
         self.deps = deps
         self.store = store
         self.nursery = nursery
@@ -84,11 +87,12 @@ class TestServer:
     # Clients -------------------------------------------------------------
 
     async def connect(self, target: str, *, capacity: int = DEFAULT_CAPACITY,
-                      compress: bool = True, origin: str | None = None) -> TestClient:
+                      compress: bool = True, origin: str | None = None,
+                      headers: dict[str, str] | None = None) -> TestClient:
         """Open a WebSocket to ``target`` (``/ws?...``); nothing is read yet."""
         stream = self.listener.connect(capacity)
         return await TestClient.open(stream, target, self.nursery, compress=compress,
-                                     origin=origin)
+                                     origin=origin, headers=headers)
 
     async def _seated(self, client: TestClient, expected: str) -> TestClient:
         first = await client.next("event")
@@ -120,13 +124,17 @@ class TestServer:
 
 @asynccontextmanager
 async def open_server(config: Config | None = None, *, seed: int = 0,
-                      store: MemoryStore | None = None,
+                      store: MemoryStore | None = None, dial: Dial | None = None,
                       **overrides: Any) -> AsyncIterator[TestServer]:
-    """Run a server over in-memory streams for the duration of the block."""
+    """Run a server over in-memory streams for the duration of the block (``dial``: how
+    it reaches other servers on the same ``store`` to relay to them)."""
     config = (config or Config()).evolve(**overrides) if overrides else (config or Config())
     store = store if store is not None else MemoryStore(journal_retain=config.journal_retain)
+    deps = Deps.seeded(seed)
+    if dial is not None:
+        deps = attrs.evolve(deps, dial=dial)
     async with trio.open_nursery() as nursery:
-        harness = TestServer(config, Deps.seeded(seed), store, nursery)
+        harness = TestServer(config, deps, store, nursery)
         await harness.start()
         try:
             yield harness
@@ -137,3 +145,27 @@ async def open_server(config: Config | None = None, *, seed: int = 0,
 
 
 
+
+
+@asynccontextmanager
+async def open_servers(count: int, config: Config | None = None, *, seed: int = 0,
+                       **overrides: Any) -> AsyncIterator[list[TestServer]]:
+    """``count`` servers on one memory store, as processes sharing one database: server
+    *i* is node ``node-i``, advertised at ``ws://node-i.test``, and reaches the others
+    there (relays go through their in-memory listeners)."""
+    store = MemoryStore(journal_retain=(config or Config()).journal_retain)
+    servers: dict[str, TestServer] = {}
+
+    async def dial(url: str) -> trio.abc.Stream:
+        server = servers.get(url)
+        if server is None or server.server is None:
+            raise OSError(f"connection refused: {url}")
+        return server.listener.connect()
+
+    async with AsyncExitStack() as stack:
+        for index in range(count):
+            url = f"ws://node-{index}.test"
+            servers[url] = await stack.enter_async_context(open_server(
+                config, seed=seed + index, store=store, dial=dial, node_id=f"node-{index}",
+                advertise_url=url, **overrides))
+        yield list(servers.values())
