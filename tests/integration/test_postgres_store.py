@@ -344,6 +344,21 @@ async def test_a_different_event_at_a_taken_sequence_is_refused_not_dropped(
     assert kept[0].data["message"]["text"] == "first"
 
 
+async def test_a_batch_after_a_ping_is_committed_for_every_other_connection(
+        database_url: str) -> None:
+    # The persistence actor pings an idle store on the connection it commits with: the
+    # ping must not leave a transaction open that the next batch would only nest in.
+    async with opened(database_url) as store, opened(database_url) as other:
+        await store.ping()
+        await store.commit(new_room())
+        assert await other.load_room(CODE) is not None
+        await store.ping()
+        await store.commit([chat(2)])
+        record = await other.load_room(CODE)
+        assert record is not None
+        assert [e.sequence for e in record.journal] == [1, 2]
+
+
 async def test_retrying_a_committed_batch_writes_nothing_twice(database_url: str) -> None:
     batch: list[Write] = [
         *new_room(), join(2, "ana"), chat(3), chat(4),

@@ -135,7 +135,10 @@ class PostgresStore:
             with _errors():
                 conn = self._writer
                 if conn is None or conn.closed or conn.broken:
-                    conn = self._writer = psycopg.connect(self._conninfo)
+                    # Autocommit: each batch is its own explicit transaction. Without it,
+                    # a ping (SELECT 1) would open an implicit transaction that every
+                    # later batch only nested in as a savepoint, never committed.
+                    conn = self._writer = psycopg.connect(self._conninfo, autocommit=True)
                 try:
                     return fn(conn)
                 except (psycopg.OperationalError, psycopg.InterfaceError):
