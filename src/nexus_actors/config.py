@@ -9,6 +9,7 @@ one-line :class:`~nexus_actors.errors.ConfigError` naming the setting.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError
+from .protocol.limits import Networks
 
 _META = "nexus_setting"
 
@@ -88,6 +90,17 @@ def _origins(text: str) -> frozenset[str] | None:
         if origin != "*" and (scheme not in ("http", "https") or not rest or "/" in rest):
             raise ValueError(f"{origin!r} is not an origin like https://table.example.com")
     return origins or None
+
+
+def _networks(text: str) -> Networks | None:
+    found = []
+    for item in text.split(","):
+        if item.strip():
+            try:
+                found.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"{item.strip()!r} is not an IP address or network") from None
+    return tuple(found) or None
 
 
 def _node_id(text: str) -> str | None:
@@ -309,6 +322,12 @@ class Config:
         "auto", "NEXUS_LOG_FORMAT", "--log-format",
         "Log line format: human, json (one JSON object per line), or auto (human on a "
         "terminal, json otherwise).", _choice("auto", "human", "json"))
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = setting(
+        None, "NEXUS_TRUSTED_PROXIES", "--trusted-proxies",
+        "Addresses or networks of the proxies in front (comma-separated, e.g. "
+        "10.0.0.0/8,127.0.0.1): a connection from one of them is counted, for per-address "
+        "limits and logs, under the client its X-Forwarded-For names; unset: every "
+        "connection is its TCP peer.", _networks)
     node_id: str | None = setting(
         None, "NEXUS_NODE_ID", "--node-id",
         "This process's name in room leases, unique among the live processes sharing the "

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 import trio
 
+from nexus_actors.errors import StoreError
 from nexus_actors.room.events import Event
 from nexus_actors.store.base import (
     AppendEvent,
@@ -41,8 +42,8 @@ TTL = 30.0
 
 
 @asynccontextmanager
-async def opened(url: str, pool_max: int = 2) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(url, pool_max=pool_max)
+async def opened(url: str, pool_max: int = 2, **options: Any) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(url, pool_max=pool_max, **options)
     await store.open()
     try:
         yield store
@@ -206,3 +207,43 @@ async def test_every_process_reads_the_same_relay_secret(database_url: str) -> N
             secret = await first.relay_secret()
             assert len(secret) >= 32
             assert await second.relay_secret() == secret
+
+
+def begin_and_stop(conn: psycopg.Connection[Any]) -> None:
+    """What a process stopped in the middle of a commit leaves: a transaction that locked
+    its room's lease, and nothing more."""
+    conn.execute("BEGIN")
+    conn.execute("SELECT 1 FROM room_leases WHERE room_code = 'STUK' FOR SHARE")
+
+
+async def test_a_process_paused_in_a_commit_holds_its_leases_only_until_postgres_ends_it(
+        database_url: str) -> None:
+    # A commit locks its rooms' leases first; a process stopped right then (SIGSTOP)
+    # would keep them locked, and no other process could claim its rooms. PostgreSQL
+    # ends a transaction left idle for the lease's lifetime (here 1 s).
+    with trio.fail_after(TIMEOUT):
+        async with opened(database_url, stuck_transaction=1.0) as paused, \
+                opened(database_url) as other:
+            lease = await paused.claim("STUK", "node-a", None, 0.0)
+            assert isinstance(lease, Claimed)
+            await paused._write(begin_and_stop)
+            taken = await other.claim("STUK", "node-b", None, TTL)  # once the session ends
+            assert isinstance(taken, Claimed)
+            assert taken.takeover
+            # When the paused process wakes, its connection is gone (the persistence
+            # actor retries a failed commit); on a new one, its writes are fenced.
+            with pytest.raises(StoreError, match="idle-in-transaction"):
+                await paused.commit(created("STUK"), fences={"STUK": lease.fence})
+            assert await paused.commit(created("STUK"), fences={"STUK": lease.fence}) \
+                == frozenset({"STUK"})
+
+
+async def test_a_claim_blocked_by_a_stuck_commit_fails_fast_instead_of_waiting(
+        database_url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with opened(database_url, stuck_transaction=60.0) as paused, \
+                opened(database_url) as other:
+            assert isinstance(await paused.claim("STUK", "node-a", None, 0.0), Claimed)
+            await paused._write(begin_and_stop)
+            with pytest.raises(StoreError, match="lock timeout"):
+                await other.claim("STUK", "node-b", None, TTL)  # within 2 s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import attrs
@@ -88,6 +89,13 @@ def test_unrelated_environment_variables_are_ignored() -> None:
     ("CORS_ORIGIN", "table.example.com"),
     ("CORS_ORIGIN", "https://table.example.com/play"),
     ("CORS_ORIGIN", "ftp://table.example.com"),
+    ("NEXUS_TRUSTED_PROXIES", "10.0.0.0/33"),
+    ("NEXUS_TRUSTED_PROXIES", "proxy.internal"),
+    ("NEXUS_NODE_ID", "two words"),
+    ("NEXUS_NODE_ID", "x" * 101),
+    ("NEXUS_LEASE_TTL", "0.5"),
+    ("NEXUS_ADVERTISE_URL", "http://10.0.0.5:5000"),
+    ("NEXUS_ADVERTISE_URL", "10.0.0.5:5000"),
 ])
 def test_every_bad_value_fails_with_one_line_naming_the_setting(env: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -182,3 +190,18 @@ def test_cors_origins_are_a_normalized_set() -> None:
     assert config.cors_origin == frozenset({"https://table.example.com",
                                             "http://localhost:5000"})
     assert Config.from_sources({}, {}).cors_origin is None
+
+
+def test_scale_out_settings_parse_into_networks_ids_and_urls() -> None:
+    config = Config.from_sources({}, {
+        "NEXUS_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1,::1", "NEXUS_NODE_ID": "pod-7:5000",
+        "NEXUS_LEASE_TTL": "6", "NEXUS_ADVERTISE_URL": "wss://nexus-7.internal:5000/"})
+    assert config.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),
+                                      ipaddress.ip_network("127.0.0.1/32"),
+                                      ipaddress.ip_network("::1/128"))
+    assert (config.node_id, config.lease_ttl) == ("pod-7:5000", 6.0)
+    assert config.advertise_url == "wss://nexus-7.internal:5000"
+    defaults = Config.from_sources({}, {})
+    assert (defaults.trusted_proxies, defaults.node_id, defaults.advertise_url) == (
+        None, None, None)
+    assert defaults.lease_ttl == 15.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import orjson
@@ -9,7 +10,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from nexus_actors.protocol.limits import PerAddress, TokenBucket, host_of
+from nexus_actors.protocol.limits import PerAddress, TokenBucket, forwarded_client, host_of
 from nexus_actors.protocol.wire import Wire, encode, text_frame_header
 from nexus_actors.room.cursors import CursorBoard
 from nexus_actors.room.hosts import successor
@@ -360,3 +361,23 @@ def test_host_of_drops_the_port_for_every_address_form() -> None:
     assert host_of("192.0.2.7:51234") == "192.0.2.7"
     assert host_of("::1:51234") == "::1"
     assert host_of("memory") == "memory"
+
+
+def test_a_trusted_proxy_is_counted_under_the_client_it_forwards_for() -> None:
+    trusted = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32"))
+    # The right-most address a trusted proxy did not add itself: the client.
+    assert forwarded_client("10.1.2.3:5000", "198.51.100.7", trusted) == "198.51.100.7:0"
+    assert forwarded_client("127.0.0.1:4000", "203.0.113.9, 10.9.9.9",
+                            trusted) == "203.0.113.9:0"
+    # What a client writes to the left of it counts for nothing.
+    assert forwarded_client("10.1.2.3:5000", "1.1.1.1, 198.51.100.7",
+                            trusted) == "198.51.100.7:0"
+    assert forwarded_client("10.1.2.3:5000", "2001:db8::7", trusted) == "[2001:db8::7]:0"
+    assert host_of(forwarded_client("10.1.2.3:5000", "2001:db8::7", trusted)) == "[2001:db8::7]"
+    # An untrusted peer is itself, headers or not; so is a proxy's malformed chain.
+    assert forwarded_client("198.51.100.1:5000", "10.0.0.1", trusted) == "198.51.100.1:5000"
+    assert forwarded_client("10.1.2.3:5000", "not-an-ip", trusted) == "10.1.2.3:5000"
+    assert forwarded_client("10.1.2.3:5000", None, trusted) == "10.1.2.3:5000"
+    assert forwarded_client("10.1.2.3:5000", "10.2.2.2", trusted) == "10.1.2.3:5000"
+    assert forwarded_client("10.1.2.3:5000", "198.51.100.7", ()) == "10.1.2.3:5000"
+    assert forwarded_client("memory", "198.51.100.7", trusted) == "memory"

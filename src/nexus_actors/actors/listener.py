@@ -28,7 +28,7 @@ from ..errors import Code, Refusal, StoreError
 from ..metrics import Metrics
 from ..protocol.connect import OpenRequest, parse_connect
 from ..protocol.http import HttpReply
-from ..protocol.limits import PerAddress, host_of
+from ..protocol.limits import PerAddress, forwarded_client, host_of
 from ..protocol.static import StaticSite
 from ..store.base import RoomStats, Store
 from . import peer as close
@@ -99,11 +99,14 @@ class Listener:
             path = urlsplit(handshake.target).path
             origin = handshake.header("Origin")
             if path == WEBSOCKET_PATH:
-                host = host_of(handshake.address)
+                address = forwarded_client(handshake.address,
+                                           handshake.header("X-Forwarded-For"),
+                                           self.config.trusted_proxies or ())
+                host = host_of(address)
                 client = relayed_from(self.node, handshake.header(SECRET_HEADER),
                                       handshake.header(CLIENT_HEADER))
                 if client is not None:  # its own process checked origin and rate
-                    await self._websocket(handshake, relayed_for=client)
+                    await self._websocket(handshake, client, relayed=True)
                 elif origin is not None and not self.origin_allowed(origin):
                     await handshake.respond(HttpReply(
                         status=403, body={"error": "origin not allowed",
@@ -116,7 +119,7 @@ class Listener:
                                           "retryAfterMs": retry},
                         headers={"Retry-After": str(math.ceil(retry / 1000))}))
                 else:
-                    await self._websocket(handshake)
+                    await self._websocket(handshake, address)
                 return
             if handshake.method == "OPTIONS":
                 reply = HttpReply(status=204, body=b"", headers={
@@ -137,9 +140,10 @@ class Listener:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _websocket(self, handshake: Handshake, *, relayed_for: str | None = None) -> None:
-        """Upgrade and serve; ``relayed_for``: another process relayed this connection for
-        the client at that address."""
+    async def _websocket(self, handshake: Handshake, address: str, *,
+                         relayed: bool = False) -> None:
+        """Upgrade and serve the client at ``address`` (``relayed``: another process
+        relayed it here)."""
         if not await handshake.upgrade():
             return
         opening: OpenRequest | Refused
@@ -150,12 +154,11 @@ class Listener:
             close_code = (close.INVALID_TOKEN if refusal.code is Code.INVALID_TOKEN
                           else close.BAD_REQUEST)
             opening = Refused(code=refusal.code, message=refusal.message, close_code=close_code)
-        peer = self.make_peer(next(self.ids), relayed_for or handshake.address)
+        peer = self.make_peer(next(self.ids), address)
         self.open_connections += 1
         try:
             await run_connection(handshake, opening, peer, self.config, self.deps,
-                                 self.registry, self.failures, self.node,
-                                 relayed=relayed_for is not None)
+                                 self.registry, self.failures, self.node, relayed=relayed)
         finally:
             self.open_connections -= 1
             if not self.open_connections:

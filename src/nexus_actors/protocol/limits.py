@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 
 import attrs
@@ -82,3 +83,35 @@ class PerAddress:
 def host_of(address: str) -> str:
     """The host part of ``host:port`` (IPv4, IPv6 or a name): what per-address limits key on."""
     return address.rsplit(":", 1)[0] if ":" in address else address
+
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def _trusted(address: str, trusted: Networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+def forwarded_client(peer: str, forwarded_for: str | None, trusted: Networks) -> str:
+    """The client's address (``host:port``) for per-address limits and logs.
+
+    A connection from a trusted proxy (``NEXUS_TRUSTED_PROXIES``) is counted under the
+    address its ``X-Forwarded-For`` names: the right-most one that is not itself a trusted
+    proxy (anything to the left of it could be written by the client). A connection from
+    anywhere else is its TCP peer, whatever headers it sends.
+    """
+    if not trusted or not forwarded_for or not _trusted(host_of(peer), trusted):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",")]
+    for hop in reversed(hops):
+        try:
+            ip = ipaddress.ip_address(hop.strip("[]"))
+        except ValueError:
+            return peer  # a malformed chain: count the proxy itself
+        if not any(ip in network for network in trusted):
+            return f"[{ip}]:0" if ip.version == 6 else f"{ip}:0"
+    return peer

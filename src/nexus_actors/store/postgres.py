@@ -88,8 +88,12 @@ class PostgresStore:
     """:class:`~nexus_actors.store.Store` on PostgreSQL."""
 
     def __init__(self, url: str, *, pool_max: int = 10, journal_retain: int = 1000,
-                 ssl: bool = False) -> None:
+                 ssl: bool = False, stuck_transaction: float = 15.0) -> None:
         self.journal_retain = journal_retain
+        self.stuck_transaction = stuck_transaction
+        """Seconds PostgreSQL lets the writer's transaction sit idle before it ends the
+        session (``NEXUS_LEASE_TTL``): a process paused in the middle of a commit would
+        otherwise keep its rooms' leases locked, and no other process could take them."""
         self._conninfo = conninfo(url, ssl=ssl)
         self._pool = ConnectionPool(
             self._conninfo, min_size=1, max_size=pool_max, open=False, timeout=5.0,
@@ -139,6 +143,8 @@ class PostgresStore:
                     # a ping (SELECT 1) would open an implicit transaction that every
                     # later batch only nested in as a savepoint, never committed.
                     conn = self._writer = psycopg.connect(self._conninfo, autocommit=True)
+                    conn.execute("SELECT set_config('idle_in_transaction_session_timeout',"
+                                 " %s, false)", (f"{int(self.stuck_transaction * 1000)}ms",))
                 try:
                     return fn(conn)
                 except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -170,6 +176,7 @@ class PostgresStore:
 
         def run(conn: psycopg.Connection[Any]) -> set[str]:
             with conn.transaction():
+                conn.execute(_LOCK_TIMEOUT)
                 rows = conn.execute(_RENEW, (ttl, codes, fences, node)).fetchall()
             return {row[0] for row in rows}
 
@@ -312,6 +319,11 @@ _FENCED: LiteralString = (
 _RELEASE: LiteralString = "DELETE FROM room_leases WHERE room_code = %s AND fence = %s"
 
 
+_LOCK_TIMEOUT: LiteralString = "SELECT set_config('lock_timeout', '2s', true)"
+"""Claims and renewals wait at most this for a lease row another transaction holds (a
+paused process in the middle of a commit): then they fail and are tried again later."""
+
+
 def _claim(conn: psycopg.Connection[Any], code: str, node: str, url: str | None,
            ttl: float) -> Claim:
     """One transaction: the lease row locked, then taken or reported. Two processes
@@ -319,6 +331,7 @@ def _claim(conn: psycopg.Connection[Any], code: str, node: str, url: str | None,
     nobody has held): exactly one gets the lease."""
     for _ in range(3):
         with conn.transaction():
+            conn.execute(_LOCK_TIMEOUT)
             held = conn.execute(_LEASE_OF, (code,)).fetchone()
             if held is None:
                 row = conn.execute(_LEASE_INSERT, (code, node, url, ttl)).fetchone()

@@ -99,5 +99,6 @@ def prepare_store(config: Config) -> tuple[Store, str]:
     if applied:
         log.info("applied migrations %s", ", ".join(f"{v:03d}" for v in applied))
     store = PostgresStore(where.url, pool_max=config.db_pool_max,
-                          journal_retain=config.journal_retain, ssl=config.db_ssl)
+                          journal_retain=config.journal_retain, ssl=config.db_ssl,
+                          stuck_transaction=config.lease_ttl)
     return store, where.description
