@@ -247,3 +247,25 @@ async def test_a_claim_blocked_by_a_stuck_commit_fails_fast_instead_of_waiting(
             await paused._write(begin_and_stop)
             with pytest.raises(StoreError, match="lock timeout"):
                 await other.claim("STUK", "node-b", None, TTL)  # within 2 s
+
+
+async def test_a_fenced_rooms_writes_clashing_with_its_new_owners_are_fenced_not_refused(
+        database_url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with opened(database_url) as store:
+            old = await store.claim("MOVE", "node-a", None, 0.0)
+            assert isinstance(old, Claimed)
+            await store.commit(created("MOVE"), fences={"MOVE": old.fence})
+            new = await store.claim("MOVE", "node-b", None, TTL)
+            assert isinstance(new, Claimed)
+            await store.commit([chat("MOVE", 1)], fences={"MOVE": new.fence})
+            # The old owner, awake again, writes its own event 1: the same sequence.
+            clash = AppendEvent(code="MOVE", event=Event(
+                sequence=1, name="chat/message",
+                data={"message": {"id": "late", "text": "late"}}, event_id="late",
+                actor_id="h", timestamp=1_700_000_000_001))
+            assert await store.commit([clash], fences={"MOVE": old.fence}) \
+                == frozenset({"MOVE"})
+            record = await store.load_room("MOVE")
+            assert record is not None
+            assert [e.event_id for e in record.journal] == ["MOVE-1"]

@@ -421,13 +421,28 @@ def _commit_fenced(conn: psycopg.Connection[Any], writes: Sequence[Write],
     """
     fenced: frozenset[str] = frozenset()
     while True:
+        live = {code: fence for code, fence in fences.items() if code not in fenced}
         try:
-            _commit(conn, [w for w in writes if w.code not in fenced],
-                    {code: fence for code, fence in fences.items() if code not in fenced},
-                    retain)
+            _commit(conn, [w for w in writes if w.code not in fenced], live, retain)
             return fenced
         except _Fenced as exc:
             fenced |= exc.codes
+        except _REFUSALS:
+            # A fenced room's writes may clash with its new owner's (the same sequence
+            # number): the fence decides, not the clash.
+            stale = _stale(conn, live)
+            if not stale:
+                raise
+            fenced |= stale
+
+
+def _stale(conn: psycopg.Connection[Any], fences: Mapping[str, int]) -> frozenset[str]:
+    """The rooms of ``fences`` whose lease has another fence now (or none)."""
+    if not fences:
+        return frozenset()
+    codes = list(fences)
+    rows = conn.execute(_FENCED, (codes, [fences[code] for code in codes])).fetchall()
+    return frozenset(row[0] for row in rows)
 
 
 def _commit(conn: psycopg.Connection[Any], writes: Sequence[Write], fences: Mapping[str, int],
