@@ -73,6 +73,8 @@ class Metrics:
     relays: Counter[str] = attrs.field(factory=Counter)
     "Relays begun, by outcome (``opened``, ``unreachable``: the owner could not be reached)."
     relays_open: int = 0
+    handoffs: int = 0
+    "Rooms moved to the process that relayed most of their members here."
     "Client connections relayed to the process that owns their room now."
     rooms_live: int = 0
     "Room actors running (kept by the registry)."
@@ -158,6 +160,8 @@ class _Counts(Collector):
                         m.relays)
         yield _labelled("relayed_frames", "Frames relayed to and from rooms' owners, by "
                         "direction.", "direction", m.relayed_frames)
+        yield _counter("room_handoffs", "Rooms moved to the process relaying most of their "
+                       "members here.", m.handoffs)
         yield GaugeMetricFamily("nexus_relays_open", "Connections relayed to a room's owner.",
                                 value=m.relays_open)
         yield GaugeMetricFamily("nexus_rooms_live", "Room actors running.", value=m.rooms_live)

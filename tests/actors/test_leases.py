@@ -253,3 +253,55 @@ async def test_the_hosts_grace_goes_on_from_the_store_after_a_takeover(
         assert migrated["data"]["newHostId"] == player.uuid
         # The grace counted from when the host left, not from the takeover.
         assert abs(trio.current_time() - (left + grace)) < 1.0
+
+
+async def test_a_room_moves_to_the_process_that_relays_most_of_its_members(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_servers(2, lease_ttl=TTL) as (a, b):
+        gm = await a.create("GM")  # created where the creator landed
+        code = gm.room
+        ana = await b.join(code, "Ana")  # the room code's process, as the balancer picks it
+        await chatted(ana, "one relayed, one direct: it stays")
+        await trio.sleep(10.0)
+        assert await a.running.rooms() == [code]
+        bo = await b.join(code, "Bo")
+        joined = trio.current_time()
+        for client in (gm, ana, bo):
+            hint, close_code = await backoff_and_close(client)
+            assert (hint["data"]["reason"], close_code) == ("room-moved", 1012)
+            assert hint["data"]["retryAfterMs"] <= 500
+        assert abs(trio.current_time() - (joined + 5.0)) < 1.0
+        assert code not in a.store.leases  # released: free for b at once
+        back = [await b.connect(query(reconnect=code, token=c.token,
+                                      lastSeenSequence=c.last_sequence()))
+                for c in (gm, ana, bo)]
+        for client in back:
+            await client.until("event", "session/reconnected")
+        assert await b.running.rooms() == [code]
+        assert a.store.leases[code].owner == "node-1"
+        assert metric(a, "handoffs") == 1
+        await chatted(back[0], "all here now")
+
+
+async def test_a_room_that_moved_does_not_move_again_at_once(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_servers(2, lease_ttl=TTL) as (a, b):
+        gm = await b.create("GM")
+        code = gm.room
+        await gm.close()
+        await gm.wait_closed()
+        await b.stop()  # drained: the room is in the store, its lease free
+        await b.start()
+        # Loaded on a now, with two of its three members relayed by b.
+        back = await a.connect(query(reconnect=code, token=gm.token))
+        await back.until("event", "session/reconnected")
+        ana = await b.join(code, "Ana")
+        bo = await b.join(code, "Bo")
+        await trio.sleep(60.0)
+        assert await a.running.rooms() == [code]
+        assert metric(a, "handoffs") == 0
+        await chatted(bo, "still on a")
+        await trio.sleep(300.0)  # the cooldown over, the majority still relayed: it moves
+        hint, _ = await backoff_and_close(ana)
+        assert hint["data"]["reason"] == "room-moved"
+        assert metric(a, "handoffs") == 1

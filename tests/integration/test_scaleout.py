@@ -217,6 +217,37 @@ async def test_rooms_spread_and_members_on_different_processes_see_each_others_m
         assert await owner_of(c, code) == home  # relays never moved the room
 
 
+async def test_a_room_created_where_its_creator_landed_moves_to_its_codes_process(
+        database_url: str, tmp_path: Path) -> None:
+    async with cluster(database_url, tmp_path) as c, trio.open_nursery() as nursery:
+        # Round robin puts new rooms on every process; most are not where HAProxy sends
+        # their code's joins. Those move once their players arrive, and then nothing is
+        # relayed any more.
+        async with AsyncExitStack() as stack:
+            players = []
+            for index in range(3):
+                gm = await stack.enter_async_context(
+                    seated(c.url, nursery, name=f"GM{index}", role="host"))
+                players.append(gm)
+                for name in ("Ana", "Bo"):
+                    players.append(await stack.enter_async_context(seated(
+                        c.url, nursery, room=gm.session.room_code, name=name)))
+            for player in players:
+                await player.session.chat("hello")
+            with trio.fail_after(30):
+                # Other processes' metrics: polling is the only way to watch them.
+                while not all(p.session.connected for p in players) \
+                        or await relays_open(c):  # noqa: ASYNC110
+                    await trio.sleep(0.2)
+            for player in players:
+                await player.session.chat("after")
+                await player.session.flush()
+            assert await relays_open(c) == 0
+        moved = sum([(await scrape(s.port)).get("nexus_room_handoffs_total", 0)
+                     for s in c.servers])
+        assert moved <= 3
+
+
 # Failover -----------------------------------------------------------------------------------
 
 
@@ -326,3 +357,7 @@ async def scrape(port: int) -> dict[str, float]:
             samples[name] = float(value)
     return samples
 
+
+
+async def relays_open(c: Cluster) -> float:
+    return sum([(await scrape(s.port)).get("nexus_relays_open", 0) for s in c.servers])

@@ -36,7 +36,7 @@ from .connection import Handshake, peer_factory, run_connection
 from .health import Health
 from .messages import Refused, RegistryMsg
 from .peer import Peer
-from .relay import CLIENT_HEADER, SECRET_HEADER, relayed_from
+from .relay import CLIENT_HEADER, NODE_HEADER, SECRET_HEADER, relayed_from
 from .services import Node, Services
 
 log = logging.getLogger("nexus_actors.listener")
@@ -106,7 +106,8 @@ class Listener:
                 client = relayed_from(self.node, handshake.header(SECRET_HEADER),
                                       handshake.header(CLIENT_HEADER))
                 if client is not None:  # its own process checked origin and rate
-                    await self._websocket(handshake, client, relayed=True)
+                    via = (handshake.header(NODE_HEADER) or "?")[:100]
+                    await self._websocket(handshake, client, via=via)
                 elif origin is not None and not self.origin_allowed(origin):
                     await handshake.respond(HttpReply(
                         status=403, body={"error": "origin not allowed",
@@ -141,9 +142,9 @@ class Listener:
                 await stream.aclose()
 
     async def _websocket(self, handshake: Handshake, address: str, *,
-                         relayed: bool = False) -> None:
-        """Upgrade and serve the client at ``address`` (``relayed``: another process
-        relayed it here)."""
+                         via: str | None = None) -> None:
+        """Upgrade and serve the client at ``address`` (``via``: the node id of the
+        process that relayed it here)."""
         if not await handshake.upgrade():
             return
         opening: OpenRequest | Refused
@@ -155,10 +156,12 @@ class Listener:
                           else close.BAD_REQUEST)
             opening = Refused(code=refusal.code, message=refusal.message, close_code=close_code)
         peer = self.make_peer(next(self.ids), address)
+        peer.via = via
         self.open_connections += 1
         try:
             await run_connection(handshake, opening, peer, self.config, self.deps,
-                                 self.registry, self.failures, self.node, relayed=relayed)
+                                 self.registry, self.failures, self.node,
+                                 relayed=via is not None)
         finally:
             self.open_connections -= 1
             if not self.open_connections:

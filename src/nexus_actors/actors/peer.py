@@ -55,6 +55,8 @@ class Peer:
                  on_overflow: Callable[[Peer], None], metrics: Metrics | None = None) -> None:
         self.id = peer_id
         self.address = address
+        self.via: str | None = None
+        "The node id of the process that relays this connection here, if one does."
         self.metrics = metrics
         self.max_frames = max_frames
         self.max_bytes = max_bytes

@@ -44,6 +44,8 @@ SECRET_HEADER = "X-Nexus-Relay"
 "The relay secret: the connection comes from another process of this cluster."
 CLIENT_HEADER = "X-Nexus-Client"
 "The address of the client a relayed connection carries (``host:port``)."
+NODE_HEADER = "X-Nexus-Node"
+"The node id of the process relaying (a room most of whose members come through one moves)."
 
 _PING = b'{"type":"ping"'
 "How the owner's latency reports begin (``outbound.ping``): this process sends its own."
@@ -89,7 +91,8 @@ class Upstream:
             stream, f"{url}{target}", compress=False, idle_timeout=idle_timeout,
             pacing=TokenBucket(_UNLIMITED, _UNLIMITED, updated=trio.current_time()),
             cursor_interval=0.0, take_cursor=lambda: None, cursor_waiting=lambda: False,
-            headers=[(SECRET_HEADER, node.relay_secret), (CLIENT_HEADER, peer.address)])
+            headers=[(SECRET_HEADER, node.relay_secret), (CLIENT_HEADER, peer.address),
+                     (NODE_HEADER, node.id)])
         return cls(link, peer)
 
     def up(self, message: bytes) -> None:

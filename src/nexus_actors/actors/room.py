@@ -85,6 +85,12 @@ BACKLOG_RETRY = 0.01
 "Seconds between retries of writes the persistence queue could not take."
 DRAIN_ACK_WAIT = 2.0
 "Seconds a draining room waits for its writes to commit before closing its clients."
+HANDOFF_DELAY = 5.0
+"""Seconds most of a room's members must have been relayed here by one other process before
+the room moves there (a load balancer hashing on the room code sends them there)."""
+HANDOFF_COOLDOWN = 300.0
+"""Seconds a room loaded from the store (moved, restarted, taken over) stays before it may
+move again: without a load balancer routing by room code it must not hop around."""
 MAX_EPOCHS = 16
 UPDATE_REJECT_REASONS = frozenset({Code.VERSION_CONFLICT, Code.FORBIDDEN, Code.NOT_FOUND,
                                    Code.INVALID})
@@ -185,6 +191,11 @@ class Room:
         "Another live process holds the lease: every connection is relayed there."
         self.released = False
         "The lease was given up (a drain): nothing more is written."
+        self.leaving: tuple[str, int] = ("server-restart", services.config.restart_retry_ms)
+        "The backoff reason and hint a drain sends clients away with."
+        self.handoff_deadline: float | None = None
+        "When to move the room to the process that relays most of its members, if it still does."
+        self.handoff_not_before = 0.0
 
     # Start ---------------------------------------------------------------
 
@@ -323,6 +334,7 @@ class Room:
             self.grace_deadline = (now if hibernated
                                    else now + max(0.0, self.config.host_grace - away))
         self.idle_deadline = now + self.config.host_grace
+        self.handoff_not_before = now + HANDOFF_COOLDOWN
         self.state_bytes = len(orjson.dumps(state.snapshot()))
         return begins_epoch
 
@@ -377,7 +389,8 @@ class Room:
     def _next_deadline(self) -> float:
         deadlines = [d for d in (self.grace_deadline, self.idle_deadline, self.cursor_deadline,
                                  self.sweep_deadline, self.drain_deadline,
-                                 self.snapshot_deadline) if d is not None]
+                                 self.snapshot_deadline, self.handoff_deadline)
+                     if d is not None]
         if self.backlog:
             deadlines.append(trio.current_time() + BACKLOG_RETRY)
         return min(deadlines) if deadlines else float("inf")
@@ -424,6 +437,9 @@ class Room:
             self._drain_step()
         if self.snapshot_deadline is not None and now >= self.snapshot_deadline:
             self._snapshot()
+        if self.handoff_deadline is not None and now >= self.handoff_deadline:
+            self.handoff_deadline = None
+            self._consider_handoff(now, act=True)
 
     # Seats ---------------------------------------------------------------
 
@@ -440,8 +456,9 @@ class Room:
             self._relay(a, self.elsewhere)
             return
         if self.draining:
-            self._refuse(a, Code.UNAVAILABLE, "the server is restarting",
-                         close.SERVICE_RESTART, backoff="server-restart")
+            reason, retry = self.leaving
+            self._refuse(a, Code.UNAVAILABLE, "the room is moving; try again",
+                         close.SERVICE_RESTART, backoff=reason, retry_ms=self._jitter(retry))
             return
         request = a.request
         if isinstance(request, CreateRoom):
@@ -512,6 +529,7 @@ class Room:
             name = "session/created" if isinstance(request, CreateRoom) else "session/joined"
             self._welcome(a.peer, name, seat.id, token, resume=None)
         self._check_host(trio.current_time())
+        self._consider_handoff(trio.current_time())
 
     def _relay(self, a: Attach, held: HeldElsewhere) -> None:
         """Send the connection to the process that holds the lease, unless it came from
@@ -670,6 +688,7 @@ class Room:
             self.idle_deadline = now + self.config.host_grace
             self.sweep_deadline = None
         self._check_host(now)
+        self._consider_handoff(now)
 
     def _sweep(self, now: float) -> None:
         for member_id, peer in list(self.members.items()):
@@ -997,9 +1016,44 @@ class Room:
             return
         self.idle_requested = True
 
+    # Moving ----------------------------------------------------------------
+
+    def _relayed_majority(self) -> str | None:
+        """The process that relays more of the connected members here than connect
+        directly, if one does."""
+        direct = 0
+        via: dict[str, int] = {}
+        for peer in self.members.values():
+            if peer.via is None:
+                direct += 1
+            else:
+                via[peer.via] = via.get(peer.via, 0) + 1
+        if not via:
+            return None
+        node, count = max(via.items(), key=lambda item: item[1])
+        return node if count > direct else None
+
+    def _consider_handoff(self, now: float, *, act: bool = False) -> None:
+        """Move the room to the process that relays most of its members, once that has
+        held for ``HANDOFF_DELAY`` (a room created where its creator happened to land, its
+        players sent by the load balancer to the room code's process)."""
+        if self.draining or self.state is None or self._relayed_majority() is None:
+            self.handoff_deadline = None
+            return
+        if act:
+            node = self._relayed_majority()
+            log.info("room %s: most members come through %s; moving it there", self.code, node)
+            self.s.metrics.handoffs += 1
+            self.leaving = ("room-moved", self.config.restart_retry_ms // 4)
+            self.on_drain()
+        elif self.handoff_deadline is None:
+            self.handoff_deadline = max(now + HANDOFF_DELAY, self.handoff_not_before)
+
     def on_drain(self) -> None:
-        """The server is stopping: flush, deliver the acks, then send everyone away."""
+        """The server is stopping (or the room moving): flush, deliver the acks, give the
+        lease up, then send everyone away."""
         self.draining = True
+        self.handoff_deadline = None
         now_ms = self._now_ms()
         self.grace_deadline = self.idle_deadline = self.cursor_deadline = None
         self.sweep_deadline = None
@@ -1021,12 +1075,12 @@ class Room:
         if self.members and (self.committed_mark >= self.mark or self.drain_deadline is None
                              or trio.current_time() >= self.drain_deadline):
             now_ms = self._now_ms()
+            reason, retry = self.leaving
             for member_id in list(self.members):
                 peer = self.members[member_id]
                 self._drop_connection(member_id, announce=False)
-                peer.close(close.SERVICE_RESTART, "server restart",
-                           outbound.backoff("server-restart",
-                                            self._jitter(self.config.restart_retry_ms), now_ms))
+                peer.close(close.SERVICE_RESTART, reason.replace("-", " "),
+                           outbound.backoff(reason, self._jitter(retry), now_ms))
         if not self.members:
             self.drain_deadline = None
         self._maybe_idle()
