@@ -305,3 +305,24 @@ async def test_a_room_that_moved_does_not_move_again_at_once(
         hint, _ = await backoff_and_close(ana)
         assert hint["data"]["reason"] == "room-moved"
         assert metric(a, "handoffs") == 1
+
+
+async def test_a_code_the_server_picks_that_is_live_on_another_process_is_picked_again(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    servers: dict[str, TestServer] = {}
+
+    async def dial(url: str) -> trio.abc.Stream:
+        return servers[url].listener.connect()
+
+    # Two processes whose code pickers draw the same codes (the same seed).
+    async with open_server(store=store, seed=7, dial=dial, node_id="a",
+                           advertise_url="ws://a.test") as a, \
+            open_server(store=store, seed=7, dial=dial, node_id="b",
+                        advertise_url="ws://b.test") as b:
+        servers.update({"ws://a.test": a, "ws://b.test": b})
+        first = await a.create("GM")
+        second = await b.create("GM")  # drew the same code first, then another
+        assert second.room != first.room
+        assert await b.running.rooms() == [second.room]
+        assert store.leases[second.room].owner == "b"

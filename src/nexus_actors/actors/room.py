@@ -536,6 +536,12 @@ class Room:
         another process already, or that one cannot be reached: then come back when the
         lease may have expired."""
         url = held.url
+        request = a.request
+        if isinstance(request, CreateRoom) and request.code is None:
+            # A code this server picked is live elsewhere: the connection picks another.
+            self._refuse(a, Code.ROOM_EXISTS, f"room {self.code} already exists",
+                         close.ROOM_EXISTS)
+            return
         if a.relayed or url is None or url == self.s.node.url:
             # Once the lease may have expired, give or take a jitter: never before.
             retry = (max(int(held.remaining * 1000), 0)
