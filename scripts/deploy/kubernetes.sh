@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Deploy nexus-actors to a Kubernetes cluster (AKS, GKE, EKS or any other) from
-# deploy/kubernetes: namespace, Secret, Deployment, Service, PodDisruptionBudget.
+# deploy/kubernetes: namespace, Secret, Deployment, Service, PodDisruptionBudget; or, with
+# --scaled, from deploy/kubernetes-scaled: three replicas behind an ingress-nginx Ingress.
 # docs/deploy.md explains each step.
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
@@ -24,6 +25,8 @@ Options:
   --namespace NS         namespace (default nexus; created if missing)
   --context CONTEXT      kubectl context (default: the current one)
   --cors-origin ORIGINS  browser origins allowed, comma-separated (env CORS_ORIGIN)
+  --scaled               several replicas (deploy/kubernetes-scaled, docs/scaling.md): set
+                         its Ingress host and NEXUS_TRUSTED_PROXIES first
   --dry-run              print the commands and the generated files (secrets as ***) and
                          run nothing
   -h, --help             this help
@@ -42,6 +45,7 @@ NAMESPACE=nexus
 CONTEXT=""
 CORS=${CORS_ORIGIN:-}
 ACTION=up
+BASE=kubernetes
 
 while [ $# -gt 0 ]; do
   case $1 in
@@ -49,6 +53,7 @@ while [ $# -gt 0 ]; do
     --namespace) need_value "$@"; NAMESPACE=$2; shift 2 ;;
     --context) need_value "$@"; CONTEXT=$2; shift 2 ;;
     --cors-origin) need_value "$@"; CORS=$2; shift 2 ;;
+    --scaled) BASE=kubernetes-scaled; shift ;;
     --dry-run) DRY_RUN=true; shift ;;
     -h | --help) usage; exit 0 ;;
     up | logs) ACTION=$1; shift ;;
@@ -78,14 +83,16 @@ yaml_quote() {
   printf "'%s'" "${1//\'/\'\'}"
 }
 
-# The overlay: a copy of deploy/kubernetes as its base (kustomize takes no absolute paths),
-# plus the namespace, the image, and the Secret from a generator: its name carries a hash of
-# its content, so a changed DATABASE_URL rolls the pod as a changed image does.
+# The overlay: a copy of deploy/kubernetes (and deploy/kubernetes-scaled, which builds on it)
+# as its base (kustomize takes no absolute paths), plus the namespace, the image, and the
+# Secret from a generator: its name carries a hash of its content, so a changed DATABASE_URL
+# rolls the pods as a changed image does.
 for value in "$DB_URL" "${METRICS_AUTH_TOKEN:-}" "$CORS"; do
   [[ $value != *$'\n'* ]] || die "DATABASE_URL, METRICS_AUTH_TOKEN and CORS_ORIGIN are one line each"
 done
 make_work_dir
-cp -R deploy/kubernetes "$WORK_DIR/base"
+cp -R deploy/kubernetes "$WORK_DIR/kubernetes"
+[ "$BASE" = kubernetes ] || cp -R "deploy/$BASE" "$WORK_DIR/$BASE"
 cat >"$WORK_DIR/namespace.yaml" <<EOF
 apiVersion: v1
 kind: Namespace
@@ -103,7 +110,7 @@ kind: Kustomization
 namespace: $(yaml_quote "$NAMESPACE")
 resources:
   - namespace.yaml
-  - base
+  - $BASE
 secretGenerator:
   - name: nexus-actors
     envs:
@@ -122,5 +129,9 @@ run "${KUBECTL[@]}" apply --kustomize "$WORK_DIR"
 run "${KUBECTL[@]}" --namespace "$NAMESPACE" rollout status deployment/nexus-actors \
   --timeout 5m
 
-note "address: kubectl --namespace $NAMESPACE get service nexus-actors (EXTERNAL-IP, port 80)"
+if [ "$BASE" = kubernetes ]; then
+  note "address: kubectl --namespace $NAMESPACE get service nexus-actors (EXTERNAL-IP, port 80)"
+else
+  note "address: kubectl --namespace $NAMESPACE get ingress nexus-actors"
+fi
 note "logs: kubectl --namespace $NAMESPACE logs deployment/nexus-actors --follow"

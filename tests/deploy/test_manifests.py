@@ -71,10 +71,12 @@ def test_kubernetes_grace_period_covers_the_pre_stop_pause_and_the_drain() -> No
     assert pod["terminationGracePeriodSeconds"] >= pause + drain + 5
 
 
-def test_kubernetes_runs_one_non_root_replica_replaced_not_overlapped() -> None:
+def test_kubernetes_runs_one_non_root_replica_started_before_the_old_one_stops() -> None:
     deployment = manifest("deployment.yaml")
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Rooms move between processes (leases): the new pod may overlap the old one.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] > 0

@@ -10,6 +10,8 @@ of command lines and printed output, probes.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from deploy_support import (
     Rule,
     find_call,
     load_yaml,
+    load_yaml_all,
     normalized,
     printed_commands,
 )
@@ -535,13 +538,41 @@ def test_kubernetes_applies_an_overlay_with_the_image_and_a_generated_secret(
                                    f"\nCORS_ORIGIN={CORS}\n")
     kustomization = load_yaml(files["kustomization.yaml"])
     assert kustomization["namespace"] == "tabletop"
-    assert kustomization["resources"] == ["namespace.yaml", "base"]
+    assert kustomization["resources"] == ["namespace.yaml", "kubernetes"]
     assert kustomization["images"] == [{"name": "nexus-actors",
                                         "newName": "registry.example/nexus-actors:2.0"}]
     (generator,) = kustomization["secretGenerator"]
     assert generator["name"] == "nexus-actors"
     assert generator["envs"] == ["secret.env"]
     assert load_yaml(files["namespace.yaml"])["metadata"]["name"] == "tabletop"
+
+
+def test_kubernetes_scaled_applies_the_multi_replica_variant(fake: FakeClis) -> None:
+    dry = fake.run("kubernetes.sh", *K8S_ARGS, "--scaled", "--dry-run", env=K8S_ENV)
+    done = fake.run("kubernetes.sh", *K8S_ARGS, "--scaled", env=K8S_ENV)
+    assert done.returncode == 0, done.stderr
+    calls = fake.calls()
+    same_commands(dry.stdout, calls, {})
+    apply, _ = calls
+    files = {Path(path).name: text for path, text in apply.files.items()}
+    kustomization = load_yaml(files["kustomization.yaml"])
+    assert kustomization["resources"] == ["namespace.yaml", "kubernetes-scaled"]
+    assert "get ingress nexus-actors" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_the_scaled_overlay_the_script_writes_renders_with_kubectl(tmp_path: Path) -> None:
+    """The layout the script copies (both variants side by side) renders: three replicas,
+    the Ingress, the namespace."""
+    shutil.copytree(ROOT / "deploy" / "kubernetes", tmp_path / "kubernetes")
+    shutil.copytree(ROOT / "deploy" / "kubernetes-scaled", tmp_path / "kubernetes-scaled")
+    (tmp_path / "kustomization.yaml").write_text(
+        "namespace: tabletop\nresources: [kubernetes-scaled]\n")
+    rendered = subprocess.run(["kubectl", "kustomize", str(tmp_path)], capture_output=True,
+                              text=True, timeout=60, check=True).stdout
+    objects = {o["kind"]: o for o in load_yaml_all(rendered)}
+    assert objects["Deployment"]["spec"]["replicas"] == 3
+    assert objects["Ingress"]["metadata"]["namespace"] == "tabletop"
 
 
 def test_kubernetes_logs(fake: FakeClis) -> None:

@@ -195,9 +195,10 @@ async def open_cluster(database_url: str, logs: Path, *, count: int = 3,
     proxy_port = free_port()
     servers = [
         ServerProcess(index=i, port=port, log=logs / f"server-{i + 1}.log", env=server_environment(
-            PORT=str(port), NEXUS_HOST="127.0.0.1", DATABASE_URL=database_url,
-            NEXUS_ADVERTISE_URL=f"ws://127.0.0.1:{port}", NEXUS_TRUSTED_PROXIES="127.0.0.1",
-            LOG_LEVEL="info", NEXUS_LOG_FORMAT="json", **(settings or {})))
+            **{"PORT": str(port), "NEXUS_HOST": "127.0.0.1", "DATABASE_URL": database_url,
+               "NEXUS_ADVERTISE_URL": f"ws://127.0.0.1:{port}",
+               "NEXUS_TRUSTED_PROXIES": "127.0.0.1", "LOG_LEVEL": "info",
+               "NEXUS_LOG_FORMAT": "json", **(settings or {})}))
         for i, port in enumerate(ports)]
     stats = logs / "haproxy.sock"
     config = logs / "haproxy.cfg"
