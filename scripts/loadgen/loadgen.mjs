@@ -13,7 +13,12 @@
 //   are still counted for up to 5 s after it.
 //
 // Usage: node loadgen.mjs --port 8000 [--rooms 50 --players 10 --cursor-hz 20 --moves 1
-//                                      --seconds 20 --warmup 3 --host 127.0.0.1]
+//                                      --seconds 20 --warmup 3 --host 127.0.0.1
+//                                      --named-rooms SEED]
+//
+// --named-rooms: hosts create their rooms with a code of their own (host=CODE, CODE drawn
+// from SEED and the room's number) instead of letting the server name them, so a load
+// balancer hashing on the room code sends the host and the players to the same process.
 //
 // stdout: one JSON object (raw counts, latency percentiles, own CPU time over the window).
 // stderr: "loadgen: window start" and "loadgen: window end" lines at the window's edges
@@ -38,6 +43,7 @@ function options() {
       moves: { type: "string", default: "1" },
       seconds: { type: "string", default: "20" },
       warmup: { type: "string", default: "3" },
+      "named-rooms": { type: "string" },
     },
     strict: true,
   });
@@ -60,11 +66,25 @@ function options() {
     moves: number("moves"),
     seconds: number("seconds"),
     warmup: number("warmup"),
+    namedRooms: values["named-rooms"] === undefined ? null : number("named-rooms"),
   };
   if (opts.players < 1 || opts.cursorHz <= 0) {
     throw new Error("--players must be at least 1 and --cursor-hz positive");
   }
   return opts;
+}
+
+const CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789";
+
+/** Room ``index``'s code for --named-rooms ``seed``: four letters of the server's alphabet. */
+function roomCode(seed, index) {
+  let n = (seed * 7919 + index * 104729) % CODE_ALPHABET.length ** 4;
+  let code = "";
+  for (let i = 0; i < 4; i++) {
+    code += CODE_ALPHABET[n % CODE_ALPHABET.length];
+    n = Math.floor(n / CODE_ALPHABET.length);
+  }
+  return code;
 }
 
 /** A growable array of doubles (latencies run into the millions of entries). */
@@ -318,7 +338,8 @@ class Room {
 
   async setUp() {
     const { opts, stats, index: r } = this;
-    const host = await Client.open(opts, "/ws?host&name=gm", stats);
+    const named = opts.namedRooms === null ? "" : `=${roomCode(opts.namedRooms, r)}`;
+    const host = await Client.open(opts, `/ws?host${named}&name=gm`, stats);
     this.clients.push(host);
     const created = (await host.firstFrame()).data;
     host.uuid = created.uuid;

@@ -18,6 +18,7 @@ import pytest
 from nexus_actors.actors import gate, room
 from nexus_actors.room import cursors, events
 from nexus_actors.room.state import Seat
+from nexus_actors.store.memory import MemoryStore
 from nexus_actors.testing import campaign
 from nexus_actors.testing.simulation import FAULTS, Outcome, run, shrink
 
@@ -34,11 +35,32 @@ def test_fifty_seeds_hold_every_invariant() -> None:
             f"--seed {seed} --steps {CI_STEPS}")
         assert len(outcome.steps) == CI_STEPS
         ops.update(step["op"] for step in outcome.steps)
-    # Every kind of fault and action happened somewhere in these runs.
-    assert set(FAULTS) <= set(ops)
+    # Every kind of fault and action happened somewhere in these runs (but those of several
+    # nodes: reviving one, stealing a lease).
+    assert set(FAULTS) - {"revive", "steal"} <= set(ops)
     for op in ("create", "join", "move", "cursor", "chat", "host", "leave", "drop", "stall",
                "resume", "unstall", "rejoin", "resume_store"):
         assert ops[op] > 0, op
+
+
+NODES = 3
+
+
+def test_fifty_seeds_on_three_nodes_hold_every_invariant() -> None:
+    """Three servers on one store: clients reach any of them (relays), nodes are killed
+    (their rooms move once their leases expire), revived, drained, and rooms' leases are
+    stolen (as from a paused process: its writes are fenced)."""
+    ops: Counter[str] = Counter()
+    reached: set[int] = set()
+    for seed in range(CI_SEEDS):
+        outcome = run(seed, steps=CI_STEPS, nodes=NODES)
+        assert outcome.failure is None, (
+            f"seed {seed}: {outcome.failure}; reproduce with: nexus-actors simulate "
+            f"--seed {seed} --steps {CI_STEPS} --nodes {NODES}")
+        ops.update(step["op"] for step in outcome.steps)
+        reached |= {step["node"] for step in outcome.steps if step["op"] == "resume"}
+    assert set(FAULTS) <= set(ops)
+    assert reached == set(range(NODES))  # clients came back through every node
 
 
 def test_same_seed_same_run_and_other_seeds_differ() -> None:
@@ -126,6 +148,31 @@ def _rotation_forgets_the_presented_token(monkeypatch: pytest.MonkeyPatch) -> No
         self.token_hash = newest
 
     monkeypatch.setattr(Seat, "rotate", forgetful)
+
+
+def _fences_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    commit = MemoryStore.commit
+
+    async def unfenced(self: MemoryStore, writes: Any, *, fences: Any = None) -> frozenset[str]:
+        return await commit(self, writes)
+
+    monkeypatch.setattr(MemoryStore, "commit", unfenced)
+
+
+@pytest.mark.parametrize("seed_range", [range(30)])
+def test_a_store_that_ignores_fences_is_caught_on_several_nodes(
+        seed_range: range, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fences_ignored(monkeypatch)
+    for seed in seed_range:
+        outcome = run(seed, steps=200, nodes=NODES)
+        if outcome.failure is not None:
+            break
+    else:
+        raise AssertionError("no seed caught a store that ignores fences")
+    assert any(symptom in outcome.failure for symptom in (
+        "the store refused writes", "is not durable", "applied", "converged"))
+    again = run(outcome.seed, trace=outcome.failing_steps, nodes=NODES)
+    assert again.failure == outcome.failure
 
 
 PLANTED: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {

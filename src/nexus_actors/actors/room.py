@@ -1046,7 +1046,9 @@ class Room:
         if self.draining or self.state is None or self._relayed_majority() is None:
             self.handoff_deadline = None
             return
-        if act:
+        if act and not self.s.health.store_ok:  # it could not be claimed elsewhere: later
+            self.handoff_deadline = now + HANDOFF_DELAY
+        elif act:
             node = self._relayed_majority()
             log.info("room %s: most members come through %s; moving it there", self.code, node)
             self.s.metrics.handoffs += 1
@@ -1098,7 +1100,8 @@ class Room:
         if self.state is not None:
             report = {"snapshot": self.state.snapshot(), "connected": sorted(self.members),
                       "epoch": self.epochs[-1][0], "durable": self.gate.durable_sequence,
-                      "hibernating": self.hibernating, "graceDeadline": self.grace_deadline}
+                      "hibernating": self.hibernating, "graceDeadline": self.grace_deadline,
+                      "draining": self.draining}
         try:
             message.reply.send_nowait(report)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):

@@ -113,6 +113,14 @@ class MemoryStore:
         refuses writes it cannot take)."""
         self._refused[code] = times
 
+    def steal(self, code: str, node: str, url: str | None, ttl: float) -> int:
+        """Give room ``code``'s lease to ``node`` now, as if its holder had been paused past
+        its expiry and ``node`` had claimed it (even while commits are paused); its fence."""
+        self.fences += 1
+        self.leases[code] = _Lease(owner=node, url=url, fence=self.fences,
+                                   expires=trio.current_time() + ttl)
+        return self.fences
+
     @property
     def healthy(self) -> bool:
         """Not paused, and no injected failure or refusal still to come."""

@@ -22,6 +22,8 @@ class Settings:
     steps: int
     rooms: int
     clients: int
+    nodes: int = 1
+    "Servers sharing the store (as processes share a database): rooms move between them."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rooms", type=int, default=3, help="rooms per run (default 3)")
     parser.add_argument("--clients", type=int, default=10,
                         help="clients per run, hosts included (default 10)")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="servers sharing the store, as processes share a database: "
+                             "clients reach any of them, nodes are killed, revived and "
+                             "drained, leases are stolen (default 1)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="worker processes (default 1; 0 = one per core)")
     parser.add_argument("--replay", type=Path, metavar="TRACE",
@@ -47,11 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if args.replay is not None:
         return replay(args.replay, out)
-    if args.seeds < 1 or args.steps < 1 or args.rooms < 1 or args.clients < args.rooms:
-        print("nexus-actors: --seeds and --steps must be positive, and --clients at least "
-              "--rooms (each room starts with its host)", file=sys.stderr)
+    if (args.seeds < 1 or args.steps < 1 or args.rooms < 1 or args.clients < args.rooms
+            or not 1 <= args.nodes <= 8):
+        print("nexus-actors: --seeds and --steps must be positive, --clients at least "
+              "--rooms (each room starts with its host), --nodes from 1 to 8",
+              file=sys.stderr)
         return 2
-    settings = Settings(steps=args.steps, rooms=args.rooms, clients=args.clients)
+    settings = Settings(steps=args.steps, rooms=args.rooms, clients=args.clients,
+                        nodes=args.nodes)
     seeds = range(args.seed, args.seed + args.seeds)
     jobs = args.jobs or multiprocessing.cpu_count()
     started = time.perf_counter()
@@ -78,7 +87,8 @@ def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 def _one(task: tuple[int, Settings]) -> Outcome:
     seed, settings = task
-    return run(seed, steps=settings.steps, rooms=settings.rooms, clients=settings.clients)
+    return run(seed, steps=settings.steps, rooms=settings.rooms, clients=settings.clients,
+               nodes=settings.nodes)
 
 
 def _outcomes(seeds: range, settings: Settings, jobs: int) -> Iterator[Outcome]:
@@ -94,7 +104,8 @@ def _report(outcome: Outcome, settings: Settings, traces: Path, budget: int,
             out: TextIO) -> None:
     print(f"\nseed {outcome.seed} failed after {len(outcome.failing_steps)} steps; "
           f"shrinking...", file=out, flush=True)
-    short = (shrink(outcome, rooms=settings.rooms, clients=settings.clients, budget=budget)
+    short = (shrink(outcome, rooms=settings.rooms, clients=settings.clients, budget=budget,
+                    nodes=settings.nodes)
              if budget > 0 else outcome)
     traces.mkdir(parents=True, exist_ok=True)
     path = traces / f"simulation-{outcome.seed}.json"
@@ -118,7 +129,7 @@ def save(path: Path, outcome: Outcome, settings: Settings) -> None:
     """Write ``outcome``'s failing steps, with what it takes to replay them, as JSON."""
     path.write_bytes(orjson.dumps({
         "seed": outcome.seed, "rooms": settings.rooms, "clients": settings.clients,
-        "failure": outcome.failure, "steps": outcome.failing_steps,
+        "nodes": settings.nodes, "failure": outcome.failure, "steps": outcome.failing_steps,
     }, option=orjson.OPT_INDENT_2))
 
 
@@ -126,7 +137,8 @@ def load(path: Path) -> tuple[int, Settings, list[Step], str | None]:
     data: dict[str, Any] = orjson.loads(path.read_bytes())
     steps: list[Step] = data["steps"]
     return (int(data["seed"]), Settings(steps=len(steps), rooms=int(data["rooms"]),
-                                        clients=int(data["clients"])), steps,
+                                        clients=int(data["clients"]),
+                                        nodes=int(data.get("nodes", 1))), steps,
             data.get("failure"))
 
 
@@ -137,7 +149,8 @@ def replay(path: Path, out: TextIO = sys.stdout) -> int:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"nexus-actors: cannot read trace {path}: {exc}", file=sys.stderr)
         return 2
-    outcome = run(seed, rooms=settings.rooms, clients=settings.clients, trace=steps)
+    outcome = run(seed, rooms=settings.rooms, clients=settings.clients, trace=steps,
+                  nodes=settings.nodes)
     if outcome.failure is None:
         print(f"seed {seed}: {len(steps)} steps replayed, no invariant failed "
               f"(digest {outcome.digest})", file=out)

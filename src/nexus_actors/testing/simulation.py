@@ -32,7 +32,7 @@ import random
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from typing import Any
 
 import attrs
@@ -44,16 +44,18 @@ from ..config import Config
 from ..room.state import RoomState
 from ..store.memory import MemoryStore
 from .client import TestClient, query
-from .harness import TestServer, open_server
+from .harness import TestServer, open_server, open_servers
 from .replica import Inconsistent, Replica
 
 Step = dict[str, Any]
 "One action, as plain data: ``{'op': ..., ...}``."
+CONNECTS = frozenset({"create", "join", "recreate", "rejoin", "resume"})
+"Steps that open a connection: with several nodes, each names the node it reaches."
 
 SETTLE = 0.25
 "Virtual seconds after each step for the server to settle (commits, cursor ticks)."
 FAULTS = frozenset({"drop", "stall", "lag", "pause_store", "fail_store", "crash", "restart",
-                    "kill", "jump"})
+                    "kill", "revive", "steal", "jump"})
 
 SIM_CONFIG = Config(
     host_grace=5.0, hibernation_timeout=300.0, heartbeat_interval=10.0,
@@ -62,6 +64,8 @@ SIM_CONFIG = Config(
     # Every simulated client connects from the same in-memory "address".
     address_connect_rate=1e6, address_connect_burst=1_000_000,
     address_failure_rate=1e6, address_failure_burst=1_000_000,
+    # Leases that run out within a run, so a killed node's rooms move.
+    lease_ttl=6.0,
 )
 "Short timers so grace periods, hibernation and heartbeats happen within a run."
 
@@ -122,10 +126,13 @@ class Outcome:
 
 
 class Simulation:
-    def __init__(self, server: TestServer, rng: random.Random, *, rooms: int,
+    def __init__(self, servers: list[TestServer], rng: random.Random, *, rooms: int,
                  clients: int) -> None:
-        self.server = server
-        self.store: MemoryStore = server.store
+        self.servers = servers
+        "One server, or several sharing the store (nodes, as processes share a database)."
+        self.down: set[int] = set()
+        "Nodes killed and not started again yet."
+        self.store: MemoryStore = servers[0].store
         self.rng = rng
         self.room_count = rooms
         self.client_count = clients
@@ -140,6 +147,12 @@ class Simulation:
 
     def generate(self) -> Step:
         """The next action, chosen from what exists now."""
+        step = self._generate()
+        if len(self.servers) > 1 and step["op"] in CONNECTS:
+            step["node"] = self.rng.randrange(len(self.servers))  # whichever the client reaches
+        return step
+
+    def _generate(self) -> Step:
         rng = self.rng
         live = [a for a in self.agents if a.status == "connected"]
         if len(self.agents) < self.room_count:  # every room starts with its host
@@ -195,6 +208,17 @@ class Simulation:
             (0.15, lambda: {"op": "jump",
                             "seconds": rng.choice([1, 1, 7, 7, 12, 12, 40, 40, 400])}),
         ]
+        nodes = len(self.servers)
+        if nodes > 1:
+            options += [
+                (0.1, lambda: {"op": "restart", "node": rng.randrange(nodes)}),
+                (0.1, lambda: {"op": "kill", "node": rng.randrange(nodes)}),
+                (0.1, lambda: {"op": "steal", "room": rng.randrange(self.room_count),
+                               "node": rng.randrange(nodes)}),
+            ]
+            if self.down:
+                options.append((0.3, lambda: {"op": "revive",
+                                              "node": rng.choice(sorted(self.down))}))
         total = sum(weight for weight, _ in options)
         pick = rng.uniform(0, total)
         for weight, make in options:
@@ -244,15 +268,25 @@ class Simulation:
             return None
         return agent
 
-    async def _connect(self, agent: Agent, target: str) -> None:
-        agent.client = await self.server.connect(target)
+    def _node(self, step: Step) -> TestServer:
+        """The server a client reaches: the step's node, or the next one up."""
+        count = len(self.servers)
+        wanted = int(step.get("node", 0))
+        for offset in range(count):
+            index = (wanted + offset) % count
+            if index not in self.down:
+                return self.servers[index]
+        raise AssertionError("every node is down")
+
+    async def _connect(self, agent: Agent, target: str, step: Step) -> None:
+        agent.client = await self._node(step).connect(target)
         agent.read = 0
         agent.status = "connected"
 
     async def _op_create(self, step: Step) -> None:
         agent = Agent(index=step["agent"], room=step["agent"])
         self.agents.append(agent)
-        await self._connect(agent, query(host="", name=agent.name))
+        await self._connect(agent, query(host="", name=agent.name), step)
 
     async def _op_join(self, step: Step) -> None:
         if step["agent"] != len(self.agents):
@@ -263,7 +297,7 @@ class Simulation:
         if code is None:
             agent.status = "refused"
             return
-        await self._connect(agent, query(join=code, name=agent.name))
+        await self._connect(agent, query(join=code, name=agent.name), step)
 
     async def _op_recreate(self, step: Step) -> None:
         """A member of a room that is gone hosts a new room, which takes its place."""
@@ -272,7 +306,7 @@ class Simulation:
                 None, "abandoned"):
             return
         self._forget(agent)
-        await self._connect(agent, query(host="", name=agent.name))
+        await self._connect(agent, query(host="", name=agent.name), step)
 
     def _forget(self, agent: Agent) -> None:
         if agent.client is not None:
@@ -287,7 +321,7 @@ class Simulation:
         if agent is None or code is None:
             return
         self._forget(agent)
-        await self._connect(agent, query(join=code, name=agent.name))
+        await self._connect(agent, query(join=code, name=agent.name), step)
 
     async def _op_resume(self, step: Step) -> None:
         agent = self._agent(step, "away", "stalled")
@@ -298,7 +332,7 @@ class Simulation:
         code = self.codes[agent.room]
         await self._connect(agent, query(reconnect=code, token=agent.token,
                                          lastSeenSequence=agent.replica.applied,
-                                         epoch=agent.replica.epoch))
+                                         epoch=agent.replica.epoch), step)
 
     async def _op_unstall(self, step: Step) -> None:
         agent = self._agent(step, "stalled")
@@ -414,17 +448,42 @@ class Simulation:
 
     async def _op_crash(self, step: Step) -> None:
         code = self.codes[step["room"]] if 0 <= step["room"] < len(self.codes) else None
-        if code is not None and self.server.server is not None:
-            await self.server.running.crash_room(code)
+        for server in self.servers:
+            if code is not None and server.server is not None:
+                await server.running.crash_room(code)
 
     async def _op_restart(self, step: Step) -> None:
         self.store.resume()  # a drain waits for its writes; let them through
         self.paused = False
-        await self.server.restart()
+        node = step.get("node", 0)
+        if node not in self.down:
+            await self.servers[node].restart()
 
     async def _op_kill(self, step: Step) -> None:
-        await self.server.kill()
-        await self.server.start()
+        node = step.get("node", 0)
+        if node in self.down:
+            return
+        await self.servers[node].kill()
+        if len(self.servers) - len(self.down) > 1:  # its rooms move once their leases expire
+            self.down.add(node)
+        else:  # the last node up: it is restarted at once (the same node id)
+            await self.servers[node].start()
+
+    async def _op_revive(self, step: Step) -> None:
+        node = step.get("node", 0)
+        if node in self.down:
+            self.down.discard(node)
+            await self.servers[node].start()
+
+    async def _op_steal(self, step: Step) -> None:
+        """Another node takes a room's lease, as if its owner had been paused past it: the
+        owner's writes are fenced from now on, and it must notice and let the room go."""
+        code = self.codes[step["room"]] if 0 <= step["room"] < len(self.codes) else None
+        lease = self.store.leases.get(code or "")
+        thief = f"node-{step['node']}"
+        if code is None or lease is None or lease.owner == thief:
+            return
+        self.store.steal(code, thief, f"ws://{thief}.test", self.servers[0].config.lease_ttl)
 
     async def _op_jump(self, step: Step) -> None:
         await trio.sleep(step["seconds"])
@@ -457,7 +516,7 @@ class Simulation:
             self.codes[agent.room] = data["roomCode"]
             if agent.replica is None:
                 agent.replica = Replica(code=data["roomCode"],
-                                        chat_history=self.server.config.chat_history)
+                                        chat_history=self.servers[0].config.chat_history)
             agent.replica.session(data)
         elif agent.replica is None:
             return  # refused before a session began
@@ -529,15 +588,21 @@ class Simulation:
         return observed
 
     async def _inspect(self, codes: list[str]) -> dict[str, dict[str, Any] | None]:
-        """Each live room's report, if it answers at this instant (not a busy one, e.g.
-        still loading: waiting for it would let time pass behind the clients' back)."""
-        if self.server.server is None:
-            return {}
-        server = self.server.running
+        """Each live room's report from the node that owns it, if it answers at this
+        instant (not a busy one, e.g. still loading: waiting for it would let time pass
+        behind the clients' back)."""
         answers: dict[str, dict[str, Any] | None] = {}
+        owners: dict[str, TestServer] = {}
+        for code in codes:
+            lease = self.store.leases.get(code)
+            for index, server in enumerate(self.servers):
+                if (lease is not None and server.config.node_id == lease.owner
+                        and index not in self.down and server.server is not None):
+                    owners[code] = server
 
         async def ask(code: str) -> None:
-            answers[code] = await server.inspect(code)
+            owner = owners.get(code)
+            answers[code] = await owner.running.inspect(code) if owner is not None else None
 
         async with trio.open_nursery() as nursery:
             for code in codes:
@@ -558,8 +623,10 @@ class Simulation:
                     server.seats):
                 raise Violation(f"room {index}: co-hosts {server.co_host_ids} are wrong")
         connected = set(report["connected"])
+        # A room that is draining (moving to another node) promotes no one: its host's grace
+        # goes on from the store's record where it lands.
         if server.host_id is not None and server.host_id not in connected and (
-                connected & set(server.seats)):
+                connected & set(server.seats)) and not report["draining"]:
             deadline = report["graceDeadline"]
             if deadline is None or deadline < trio.current_time():
                 raise Violation(f"room {index}: primary host {server.host_id} is gone past "
@@ -618,9 +685,13 @@ def _seeded_scheduler(seed: int) -> Iterator[None]:
 
 
 async def _run(seed: int, plan: list[Step] | None, count: int, rooms: int, clients: int,
-               config: Config, outcome: Outcome) -> None:
-    async with open_server(config, seed=seed) as server:
-        sim = Simulation(server, random.Random(seed), rooms=rooms, clients=clients)
+               config: Config, outcome: Outcome, nodes: int) -> None:
+    async with AsyncExitStack() as stack:
+        if nodes > 1:
+            servers = await stack.enter_async_context(open_servers(nodes, config, seed=seed))
+        else:
+            servers = [await stack.enter_async_context(open_server(config, seed=seed))]
+        sim = Simulation(servers, random.Random(seed), rooms=rooms, clients=clients)
         for number in range(len(plan) if plan is not None else count):
             step = plan[number] if plan is not None else sim.generate()
             outcome.steps.append(step)
@@ -674,8 +745,10 @@ def _captured_logs() -> Iterator[_Capture]:
 
 
 def run(seed: int, *, steps: int = 200, rooms: int = 3, clients: int = 10,
-        trace: list[Step] | None = None, config: Config = SIM_CONFIG) -> Outcome:
-    """One seeded run (or the replay of ``trace``). Synchronous: it runs its own event loop.
+        trace: list[Step] | None = None, config: Config = SIM_CONFIG,
+        nodes: int = 1) -> Outcome:
+    """One seeded run (or the replay of ``trace``), on ``nodes`` servers sharing the store.
+    Synchronous: it runs its own event loop.
 
     The server's log lines are kept in :attr:`Outcome.log` rather than printed.
     """
@@ -683,7 +756,8 @@ def run(seed: int, *, steps: int = 200, rooms: int = 3, clients: int = 10,
     with _seeded_scheduler(seed), _captured_logs() as capture:
         clock = trio.testing.MockClock(autojump_threshold=0)
         try:
-            trio.run(_run, seed, trace, steps, rooms, clients, config, outcome, clock=clock)
+            trio.run(_run, seed, trace, steps, rooms, clients, config, outcome, nodes,
+                     clock=clock)
         except BaseException as exc:  # a crash of the server or the harness is a failure
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -703,7 +777,7 @@ def _leaf(exc: BaseException) -> BaseException:
 
 
 def shrink(outcome: Outcome, *, rooms: int, clients: int, config: Config = SIM_CONFIG,
-           budget: int = 300) -> Outcome:
+           budget: int = 300, nodes: int = 1) -> Outcome:
     """The shortest trace found that still fails (delta debugging over the steps).
 
     Chunks of steps are removed, halving the chunk size when no chunk can go, within
@@ -723,7 +797,7 @@ def shrink(outcome: Outcome, *, rooms: int, clients: int, config: Config = SIM_C
         nonlocal runs
         runs += 1
         attempt = run(outcome.seed, rooms=rooms, clients=clients, trace=candidate,
-                      config=config)
+                      config=config, nodes=nodes)
         return attempt if attempt.failure is not None else None
 
     while chunk >= 1 and runs < budget:
