@@ -97,7 +97,8 @@ TRACES = sorted((Path(__file__).parent / "traces").glob("*.json"))
 def test_shrunk_traces_of_bugs_found_now_pass(trace: Path) -> None:
     seed, settings, steps, failure = campaign.load(trace)
     assert failure  # what it did before the fix, for the record
-    outcome = run(seed, rooms=settings.rooms, clients=settings.clients, trace=steps)
+    outcome = run(seed, rooms=settings.rooms, clients=settings.clients, trace=steps,
+                  nodes=settings.nodes)
     assert outcome.failure is None
     assert len(outcome.steps) == len(steps)
 

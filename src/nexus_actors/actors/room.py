@@ -130,6 +130,8 @@ class Shell:
     """Intents the room's incarnations have written. Numbers continue across a restart, so
     a ``Committed`` notice meant for an earlier incarnation (it can arrive late, after the
     restart) never covers the intents of the next one."""
+    fence: int | None = None
+    "The fence of the lease the latest incarnation claimed."
 
 
 class Room:
@@ -231,7 +233,11 @@ class Room:
         metrics.lease_claims["takeover" if claim.takeover else "claimed"] += 1
         if claim.takeover:
             log.info("room %s: taken over from a process whose lease expired", self.code)
-        self.fence = claim.fence
+        if self.flushed and claim.previous != self.shell.fence:
+            # Another process held the room since the last incarnation here: the writes
+            # that incarnation flushed may have been fenced out, not committed.
+            self.flushed = False
+        self.fence = self.shell.fence = claim.fence
         try:
             self.s.leases.send_nowait(Hold(code=self.code, fence=claim.fence,
                                            room=self.notify.clone()))

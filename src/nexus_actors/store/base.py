@@ -108,6 +108,8 @@ class Claimed:
     fence: int
     takeover: bool
     "The lease was another process's, and had expired."
+    previous: int | None
+    "The lease's fence before this claim (``None``: nobody held it)."
 
 
 @attrs.frozen(kw_only=True)

@@ -178,7 +178,8 @@ class MemoryStore:
                                  remaining=lease.expires - now)
         self.fences += 1
         self.leases[code] = _Lease(owner=node, url=url, fence=self.fences, expires=now + ttl)
-        return Claimed(fence=self.fences, takeover=lease is not None and lease.owner != node)
+        return Claimed(fence=self.fences, takeover=lease is not None and lease.owner != node,
+                       previous=lease.fence if lease is not None else None)
 
     async def renew(self, node: str, leases: Mapping[str, int], ttl: float) -> set[str]:
         await self._gate()

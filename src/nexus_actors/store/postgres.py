@@ -292,8 +292,8 @@ def _load_room(conn: psycopg.Connection[Any], code: str) -> RoomRecord | None:
 # Leases ---------------------------------------------------------------------
 
 _LEASE_OF: LiteralString = (
-    "SELECT owner, owner_url, extract(epoch FROM expires_at - clock_timestamp())::float8"
-    " FROM room_leases WHERE room_code = %s FOR UPDATE")
+    "SELECT owner, owner_url, extract(epoch FROM expires_at - clock_timestamp())::float8,"
+    " fence FROM room_leases WHERE room_code = %s FOR UPDATE")
 _LEASE_INSERT: LiteralString = (
     "INSERT INTO room_leases (room_code, owner, owner_url, fence, expires_at)"
     " VALUES (%s, %s, %s, nextval('room_lease_fence'),"
@@ -336,14 +336,14 @@ def _claim(conn: psycopg.Connection[Any], code: str, node: str, url: str | None,
             if held is None:
                 row = conn.execute(_LEASE_INSERT, (code, node, url, ttl)).fetchone()
                 if row is not None:
-                    return Claimed(fence=int(row[0]), takeover=False)
+                    return Claimed(fence=int(row[0]), takeover=False, previous=None)
                 continue  # another process inserted it first: read what it holds
-            owner, owner_url, remaining = held
+            owner, owner_url, remaining, previous = held
             if owner != node and remaining > 0:
                 return HeldElsewhere(owner=owner, url=owner_url, remaining=float(remaining))
             row = conn.execute(_LEASE_TAKE, (node, url, ttl, code)).fetchone()
             assert row is not None
-            return Claimed(fence=int(row[0]), takeover=owner != node)
+            return Claimed(fence=int(row[0]), takeover=owner != node, previous=int(previous))
     raise StoreError(f"room {code}: its lease kept changing while it was claimed")
 
 
