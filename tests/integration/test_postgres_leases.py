@@ -88,6 +88,7 @@ async def test_a_claim_takes_a_free_lease_or_says_who_holds_it(database_url: str
             assert isinstance(again, Claimed)
             assert again.fence > first.fence
             assert not again.takeover
+            assert (first.previous, again.previous) == (None, first.fence)
 
 
 async def test_an_expired_lease_is_taken_over_with_a_larger_fence(database_url: str) -> None:
@@ -98,6 +99,7 @@ async def test_an_expired_lease_is_taken_over_with_a_larger_fence(database_url: 
             assert isinstance(first, Claimed)
             assert isinstance(taken, Claimed)
             assert taken.takeover
+            assert taken.previous == first.fence
             assert taken.fence > first.fence
             assert await lease_row(database_url, "ABCD") == ("node-b", "ws://b:5000",
                                                              taken.fence)
