@@ -326,3 +326,25 @@ async def test_a_code_the_server_picks_that_is_live_on_another_process_is_picked
         assert second.room != first.room
         assert await b.running.rooms() == [second.room]
         assert store.leases[second.room].owner == "b"
+
+
+async def test_a_client_that_left_while_its_resume_waited_does_not_take_its_seat_later(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_servers(2, lease_ttl=TTL) as (a, b):
+        gm = await a.create("GM")
+        ana = await a.join(gm.room, "Ana")
+        first_token = ana.token
+        a.store.pause()  # b's claim for the room now waits for the database
+        slow = await b.connect(query(reconnect=gm.room, token=first_token))
+        slow.drop()  # the client gives up on it...
+        ana.drop()
+        back = await a.connect(query(reconnect=gm.room, token=first_token))  # ...comes back
+        await back.until("event", "session/reconnected")
+        a.store.resume()
+        rotated = await back.until("event", "session/token")
+        await trio.sleep(5.0)  # b's claim has long been answered
+        assert not back.closed.is_set()  # not superseded in its own name
+        assert metric(b, "relays") == {}
+        back.drop()
+        again = await a.connect(query(reconnect=gm.room, token=rotated["data"]["token"]))
+        await again.until("event", "session/reconnected")

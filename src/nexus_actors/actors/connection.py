@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 import trio
@@ -199,6 +199,8 @@ class Connection:
         self.cursors: CursorMailbox | None = None
         self.upstream: Upstream | None = None
         "The room's owner, when this connection is relayed to another process."
+        self.left = False
+        "The client went (EOF, or a close frame) before it was given its seat."
         self.pongs: dict[bytes, trio.Event] = {}
         now = trio.current_time()
         self.bucket = TokenBucket(config.rate_limit, config.rate_burst, updated=now)
@@ -527,7 +529,10 @@ async def run_connection(handshake: Handshake, request: OpenRequest | Refused, p
             with trio.move_on_after(config.handshake_timeout) as joining:
                 if result is None:
                     assert not isinstance(request, Refused)
-                    result = await _open_session(registry, request, peer, relayed)
+                    result = await _while_the_client_stays(
+                        conn, _open_session(registry, request, peer, relayed))
+            if conn.left:
+                return  # it went while it waited: its seat is not taken in its name
             if result is None or joining.cancelled_caught:
                 peer.close(close.TRY_AGAIN_LATER, "join timed out",
                            outbound.error(Code.UNAVAILABLE, "the room did not answer in time",
@@ -560,6 +565,38 @@ async def run_connection(handshake: Handshake, request: OpenRequest | Refused, p
             _detach(room, peer)
         with trio.CancelScope(shield=True), trio.move_on_after(1):
             await stream.aclose()
+
+
+async def _while_the_client_stays(conn: Connection,
+                                   waiting: Awaitable[SessionResult]) -> SessionResult | None:
+    """``waiting``, unless the client leaves first (EOF, or a close frame): then ``None``
+    and ``conn.left``. What it sends meanwhile is kept for the reader. A seat asked for by
+    a client that has gone must not be taken: it would supersede, and rotate the token
+    of, the connection that client opened since (a room loading slowly, a relay to a
+    room's owner through a process that waited for the database)."""
+    result: SessionResult | None = None  # stays None if the client left first
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_for_leaving, conn, nursery.cancel_scope)
+        result = await waiting
+        nursery.cancel_scope.cancel()
+    return result
+
+
+async def _watch_for_leaving(conn: Connection, wait: trio.CancelScope) -> None:
+    protocol = conn.protocol
+    while True:
+        try:
+            data = await conn._receive()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            data = b""
+        if data:
+            protocol.receive_data(data)
+        else:
+            protocol.receive_eof()
+        if not data or protocol.close_rcvd is not None or protocol.parser_exc is not None:
+            conn.left = True
+            wait.cancel()
+            return
 
 
 async def _relay(conn: Connection, relay: Relay, target: str, node: Node,
