@@ -728,3 +728,18 @@ async def test_writes_the_store_refuses_restart_only_their_room_in_a_new_epoch(
         assert again.session["sequence"] == durable
         assert set(again.session["state"]["scenes"]) == {"s1"}
         assert "s2" not in journal_ids(server, host.room)
+
+
+async def test_what_a_client_sends_while_its_seat_waits_is_kept_for_the_room(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server(host_grace=GRACE, hibernation_timeout=TIMEOUT) as server:
+        host, _ = await hibernated_room(server)
+        server.store.pause()  # the room's load waits for the store
+        back = await server.connect(query(reconnect=host.room, token=host.token))
+        await back.send_event("chat/message", {"text": "early"}, event_id="early")
+        await trio.sleep(1.0)
+        assert back.frames == []  # no seat yet
+        server.store.resume()
+        await back.until("event", "session/reconnected")
+        ack = await back.until("event-ack", eventId="early")
+        assert ack["data"]["serverSequence"] > 0

@@ -584,11 +584,13 @@ async def _while_the_client_stays(conn: Connection,
 
 async def _watch_for_leaving(conn: Connection, wait: trio.CancelScope) -> None:
     protocol = conn.protocol
-    while True:
+    kept = 0
+    while kept <= conn.config.max_message_bytes:  # then TCP pushes back, as before
         try:
             data = await conn._receive()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             data = b""
+        kept += len(data)
         if data:
             protocol.receive_data(data)
         else:
