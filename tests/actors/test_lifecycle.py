@@ -9,6 +9,8 @@ import pytest
 import trio
 import trio.testing
 
+from nexus_actors.actors.messages import OpenSession, SessionResult
+from nexus_actors.protocol.connect import JoinRoom
 from nexus_actors.testing import TestClient, TestServer, open_server, query
 
 GRACE = 5.0
@@ -743,3 +745,35 @@ async def test_what_a_client_sends_while_its_seat_waits_is_kept_for_the_room(
         await back.until("event", "session/reconnected")
         ack = await back.until("event-ack", eventId="early")
         assert ack["data"]["serverSequence"] > 0
+
+
+async def test_a_join_whose_client_left_while_the_room_loaded_takes_no_seat(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server(host_grace=GRACE, hibernation_timeout=TIMEOUT) as server:
+        host, _ = await hibernated_room(server)
+        server.store.pause()  # the room's load waits for the store
+        gone = await server.connect(query(join=host.room, name="Gone"))
+        back = await server.connect(query(reconnect=host.room, token=host.token))
+        gone.drop()
+        await trio.sleep(1.0)
+        server.store.resume()
+        await back.until("event", "session/reconnected")
+        await trio.sleep(1.0)
+        assert [p["name"] for p in back.session["players"]] == ["GM"]
+        assert back.events("session/join") == []
+
+
+async def test_a_seat_whose_connection_went_before_it_was_answered_is_announced_away(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        host = await server.create("GM")
+        # A join the room grants while its connection has just gone: the reply is lost.
+        registry = server.running.listener.registry
+        reply, answers = trio.open_memory_channel[SessionResult](1)
+        answers.close()
+        peer = server.running.listener.make_peer(999, "memory")
+        await registry.send(OpenSession(request=JoinRoom(code=host.room, name="Ghost"),
+                                        peer=peer, reply=reply))
+        joined = await host.until("event", "session/join")
+        ghost = joined["data"]["player"]["id"]
+        await host.until("event", "session/disconnected", uuid=ghost)

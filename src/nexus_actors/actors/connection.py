@@ -531,8 +531,9 @@ async def run_connection(handshake: Handshake, request: OpenRequest | Refused, p
                     assert not isinstance(request, Refused)
                     result = await _while_the_client_stays(
                         conn, _open_session(registry, request, peer, relayed))
-            if conn.left:
-                return  # it went while it waited: its seat is not taken in its name
+            if conn.left:  # it went while it waited: its seat is not taken in its name
+                cancel.cancel()
+                return
             if result is None or joining.cancelled_caught:
                 peer.close(close.TRY_AGAIN_LATER, "join timed out",
                            outbound.error(Code.UNAVAILABLE, "the room did not answer in time",

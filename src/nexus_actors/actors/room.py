@@ -458,6 +458,9 @@ class Room:
             self.idle_deadline = now + (self.config.host_grace if claimed else 0.0)
 
     def _attach(self, a: Attach) -> None:
+        if a.peer.closed:  # the client went while this waited (the room was loading)
+            a.inbox.close()
+            return
         if self.elsewhere is not None:
             self._relay(a, self.elsewhere)
             return
@@ -527,6 +530,8 @@ class Room:
             joined = self._commit(ev.joined(seat, state), actor=seat.id,
                                   event_id=self.s.deps.new_id())
             if not self._seat(a, seat.id):
+                # Its connection went meanwhile: the others saw it join, connected.
+                self._broadcast(self._notice("session/disconnected", {"uuid": seat.id}))
                 return
             self.seen_through[seat.id] = joined.sequence
             # The token promises a seat that can be resumed: keep the welcome (and all
