@@ -348,3 +348,26 @@ async def test_a_client_that_left_while_its_resume_waited_does_not_take_its_seat
         back.drop()
         again = await a.connect(query(reconnect=gm.room, token=rotated["data"]["token"]))
         await again.until("event", "session/reconnected")
+
+
+async def test_a_room_that_lost_its_lease_unnoticed_never_refuses_a_token_for_good(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_servers(2, lease_ttl=TTL) as (a, b):
+        gm = await a.create("GM")
+        code = gm.room
+        ana = await a.join(code, "Ana")
+        ana.drop()
+        # b takes the room (as from a paused a); a will notice at its next renewal.
+        a.store.steal(code, "node-1", "ws://node-1.test", TTL)
+        moved = await b.connect(query(reconnect=code, token=ana.token))
+        newest = (await moved.until("event", "session/token"))["data"]["token"]
+        moved.drop()
+        # a still runs the room, and does not know the newest token: it must not answer
+        # "invalid-token" (the client would give its seat up) but send it on.
+        stale = await a.connect(query(reconnect=code, token=newest))
+        refusal = await stale.until("error")
+        hint = await stale.until("backoff")
+        assert (refusal["data"]["code"], hint["data"]["reason"]) == ("unavailable", "room-moved")
+        assert await stale.wait_closed() == 1013
+        back = await b.connect(query(reconnect=code, token=newest))
+        await back.until("event", "session/reconnected")

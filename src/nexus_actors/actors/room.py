@@ -33,6 +33,7 @@ from ..room.resume import resume_point
 from ..room.state import RoomState, Seat
 from ..store.base import (
     AppendEvent,
+    CheckLease,
     HeldElsewhere,
     LogConnection,
     PutPresence,
@@ -193,6 +194,8 @@ class Room:
         "Another live process holds the lease: every connection is relayed there."
         self.released = False
         "The lease was given up (a drain): nothing more is written."
+        self.unsure: deque[tuple[int, Attach]] = deque()
+        "Resumes with a token no seat takes, each waiting for its lease check to commit."
         self.leaving: tuple[str, int] = ("server-restart", services.config.restart_retry_ms)
         "The backoff reason and hint a drain sends clients away with."
         self.handoff_deadline: float | None = None
@@ -490,8 +493,7 @@ class Room:
             digest = hash_token(request.token)
             member_id = next((s.id for s in state.seats.values() if s.accepts(digest)), None)
             if member_id is None:
-                self._refuse(a, Code.INVALID_TOKEN, "no seat in this room has that token",
-                             close.INVALID_TOKEN)
+                self._refuse_token(a)
                 return
             self._wake()
             old = self.members.get(member_id)
@@ -565,6 +567,34 @@ class Room:
             a.reply.send_nowait(Relay(url=url, remaining=held.remaining))
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
             pass
+
+    def _refuse_token(self, a: Attach) -> None:
+        """No seat takes the token: a final answer (the client gives the seat up), so this
+        room first makes sure it still owns the room. Another process may have taken it
+        over (this one was paused) and given the seat a newer token this room has not
+        seen: then this room stops, and the client is sent to the new owner."""
+        if self.fence is None:
+            self._refuse(a, Code.INVALID_TOKEN, "no seat in this room has that token",
+                         close.INVALID_TOKEN)
+            return
+        self.unsure.append((self._write(CheckLease(code=self.code)), a))
+
+    def _answer_unsure(self) -> None:
+        """Refuse the tokens whose lease check has committed: the room is still ours."""
+        while self.unsure and self.unsure[0][0] <= self.committed_mark:
+            _, a = self.unsure.popleft()
+            self._refuse(a, Code.INVALID_TOKEN, "no seat in this room has that token",
+                         close.INVALID_TOKEN)
+
+    def refuse_unsure(self, reason: str) -> None:
+        """This incarnation stops before its lease checks were answered: the requests
+        waiting on them are sent away with a hint (the room lives on elsewhere, or here
+        again soon)."""
+        retry = self.config.restart_retry_ms // (4 if reason == "room-moved" else 1)
+        while self.unsure:
+            _, a = self.unsure.popleft()
+            self._refuse(a, Code.UNAVAILABLE, "the room is moving; try again",
+                         close.TRY_AGAIN_LATER, backoff=reason, retry_ms=self._jitter(retry))
 
     def _rotate_token(self, seat: Seat, presented: str, peer: Peer) -> None:
         """Give the seat a new token; send it in ``session/token`` once that is durable.
@@ -897,6 +927,7 @@ class Room:
     def on_committed(self, mark: int) -> None:
         self.committed_mark = max(self.committed_mark, mark)
         self.gate.committed(mark, self.members, self.seen_through)
+        self._answer_unsure()
         if self.draining:
             self._drain_step()
         self._maybe_idle()

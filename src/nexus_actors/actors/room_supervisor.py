@@ -52,11 +52,13 @@ async def run_room(services: Services, code: str, generation: int,
                 lost = False
                 try:
                     await room.run(inbox)
+                    room.refuse_unsure("room-restart")
                     room.release()
                     log.info("room %s stopped", code)
                     return
                 except Moved as exc:
                     log.warning("%s; sending its clients there", exc)
+                    room.refuse_unsure("room-moved")
                     room.lost()
                     _send_away(services, shell, "room-moved",
                                services.config.restart_retry_ms // 4)
@@ -64,9 +66,11 @@ async def run_room(services: Services, code: str, generation: int,
                     return
                 except LostWrites as exc:
                     log.error("room %s: %s; restarting it from the store", code, exc)
+                    room.refuse_unsure("room-restart")
                     lost = True
                 except Exception:
                     log.exception("room %s crashed; restarting it from the store", code)
+                    room.refuse_unsure("room-restart")
                 now = trio.current_time()
                 crashes.append(now)
                 while crashes and crashes[0] < now - CRASH_WINDOW:

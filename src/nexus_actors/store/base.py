@@ -97,8 +97,17 @@ class ReleaseLease:
     fence: int
 
 
+@attrs.frozen(kw_only=True)
+class CheckLease:
+    """Nothing to write: committed only if the room's fence is still its lease's. A room
+    about to give an answer that only its owner may give (a token is not valid) sends
+    this first: a room that lost its lease without noticing yet learns it instead."""
+
+    code: str
+
+
 Write = (AppendEvent | PutSnapshot | PutRoom | PutPresence | PutSeatToken | LogConnection
-         | ReleaseLease)
+         | ReleaseLease | CheckLease)
 
 
 @attrs.frozen(kw_only=True)

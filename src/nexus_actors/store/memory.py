@@ -21,6 +21,7 @@ from ..errors import StoreError, StoreRejected
 from ..room.events import Event
 from .base import (
     AppendEvent,
+    CheckLease,
     Claim,
     Claimed,
     HeldElsewhere,
@@ -220,7 +221,7 @@ class MemoryStore:
                     next_sequence.pop(write.code, None)
                 statuses[write.code] = write.status
                 continue
-            if isinstance(write, LogConnection | ReleaseLease):
+            if isinstance(write, LogConnection | ReleaseLease | CheckLease):
                 continue  # analytics and leases: no room row needed
             if row is None and write.code not in exists:
                 raise StoreRejected(f"room {write.code} has no row")
@@ -246,6 +247,8 @@ class MemoryStore:
                 continue
             if isinstance(write, LogConnection):
                 self.connection_events.append(write)
+                continue
+            if isinstance(write, CheckLease):
                 continue
             if isinstance(write, ReleaseLease):
                 lease = self.leases.get(write.code)
