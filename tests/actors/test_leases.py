@@ -371,3 +371,34 @@ async def test_a_room_that_lost_its_lease_unnoticed_never_refuses_a_token_for_go
         assert await stale.wait_closed() == 1013
         back = await b.connect(query(reconnect=code, token=newest))
         await back.until("event", "session/reconnected")
+
+
+async def test_a_relay_whose_client_leaves_while_it_reaches_the_owner_asks_for_nothing(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    servers: dict[str, TestServer] = {}
+
+    async def slow_dial(url: str) -> trio.abc.Stream:
+        await trio.sleep(2.0)  # a slow network between the processes
+        return servers[url].listener.connect()
+
+    async with open_server(store=store, seed=1, dial=slow_dial, node_id="a",
+                           advertise_url="ws://a.test", lease_ttl=TTL) as a, \
+            open_server(store=store, seed=2, dial=slow_dial, node_id="b",
+                        advertise_url="ws://b.test", lease_ttl=TTL) as b:
+        servers.update({"ws://a.test": a, "ws://b.test": b})
+        gm = await a.create("GM")
+        ana = await a.join(gm.room, "Ana")
+        token = ana.token
+        ana.drop()
+        slow = await b.connect(query(reconnect=gm.room, token=token))
+        await trio.sleep(1.0)  # b is on its way to a
+        slow.drop()  # gone before b reaches a: it comes back straight to a
+        back = await a.connect(query(reconnect=gm.room, token=token))
+        newest = await back.until("event", "session/token")
+        await trio.sleep(5.0)
+        assert not back.closed.is_set()  # nobody resumed the seat in its name since
+        assert metric(b, "relays") == {}
+        back.drop()
+        again = await a.connect(query(reconnect=gm.room, token=newest["data"]["token"]))
+        await again.until("event", "session/reconnected")

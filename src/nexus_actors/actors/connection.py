@@ -26,6 +26,7 @@ import math
 import os
 import struct
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import orjson
 import trio
@@ -65,6 +66,8 @@ from .relay import UNREACHABLE, Upstream, unreachable_frames
 from .services import Node
 
 log = logging.getLogger("nexus_actors.connection")
+
+T = TypeVar("T")
 
 RECEIVE_SIZE = 65536
 CREATE_ATTEMPTS = 5
@@ -568,14 +571,13 @@ async def run_connection(handshake: Handshake, request: OpenRequest | Refused, p
             await stream.aclose()
 
 
-async def _while_the_client_stays(conn: Connection,
-                                   waiting: Awaitable[SessionResult]) -> SessionResult | None:
+async def _while_the_client_stays(conn: Connection, waiting: Awaitable[T]) -> T | None:
     """``waiting``, unless the client leaves first (EOF, or a close frame): then ``None``
     and ``conn.left``. What it sends meanwhile is kept for the reader. A seat asked for by
     a client that has gone must not be taken: it would supersede, and rotate the token
     of, the connection that client opened since (a room loading slowly, a relay to a
     room's owner through a process that waited for the database)."""
-    result: SessionResult | None = None  # stays None if the client left first
+    result: T | None = None  # stays None if the client left first
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_for_leaving, conn, nursery.cancel_scope)
         result = await waiting
@@ -608,17 +610,29 @@ async def _relay(conn: Connection, relay: Relay, target: str, node: Node,
     peer, config, deps = conn.peer, conn.config, conn.deps
     metrics = peer.metrics
     url = relay.url
-    try:
-        with trio.fail_after(config.handshake_timeout):
-            stream = await deps.dial(url)
-            try:
-                upstream = await Upstream.open(
-                    stream, url, target, peer=peer, node=node,
-                    idle_timeout=config.heartbeat_interval + config.heartbeat_timeout)
-            except BaseException:
-                await trio.aclose_forcefully(stream)
-                raise
-    except UNREACHABLE:
+
+    async def open_upstream() -> Upstream | None:
+        """The relay's connection to the owner; ``None`` if the owner cannot be reached."""
+        try:
+            with trio.fail_after(config.handshake_timeout):
+                stream = await deps.dial(url)
+                try:
+                    return await Upstream.open(
+                        stream, url, target, peer=peer, node=node,
+                        idle_timeout=config.heartbeat_interval + config.heartbeat_timeout)
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+        except UNREACHABLE:
+            return None
+
+    reached = await _while_the_client_stays(conn, open_upstream())
+    if conn.left:  # the client went meanwhile: nothing more is asked in its name
+        if reached is not None:
+            await trio.aclose_forcefully(reached.link.stream)
+        nursery.cancel_scope.cancel()
+        return
+    if reached is None:
         if metrics is not None:
             metrics.relays["unreachable"] += 1
         # Come back once its lease may have expired (then the room moves), not before.
@@ -628,6 +642,7 @@ async def _relay(conn: Connection, relay: Relay, target: str, node: Node,
                    *unreachable_frames(url, retry, deps.wall_ms()))
         await conn.reader()
         return
+    upstream = reached
     if metrics is not None:
         metrics.relays["opened"] += 1
         metrics.relays_open += 1
