@@ -383,6 +383,42 @@ async def test_kicked_member_is_told_closed_and_loses_the_seat(
             "GM": "host", "Ana": "player", "Cara": "player"}
 
 
+async def test_departures_close_only_once_they_are_durable(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        host = await server.create("GM")
+        ana = await server.join(host.room, "Ana")
+        bob = await server.join(host.room, "Bob")
+        server.store.pause()
+        await host.send_event("session/kick", {"playerId": bob.uuid})
+        await ana.send_event("session/leave", {})
+        await bob.until("event", "session/kicked")
+        await host.until("event", "session/leave", uuid=ana.uuid)
+        with trio.move_on_after(5):
+            await bob.wait_closed()
+        assert bob.close_code is None
+        assert ana.close_code is None
+        server.store.resume()
+        assert await bob.wait_closed() == 4001
+        assert await ana.wait_closed() == 1000
+        assert await _invalid_token(server, bob) == 4401
+        assert await _invalid_token(server, ana) == 4401
+
+
+async def test_a_kick_the_store_refuses_sends_the_member_away_to_resume_its_seat(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_server() as server:
+        host = await server.create("GM")
+        bob = await server.join(host.room, "Bob")
+        server.store.refuse(host.room, times=2)  # the batch, then the room's share
+        await host.send_event("session/kick", {"playerId": bob.uuid})
+        await bob.until("event", "session/kicked")
+        assert (await bob.until("backoff"))["data"]["reason"] == "room-restart"
+        assert await bob.wait_closed() == 1012
+        again = await server.resume(bob, last_seen=bob.last_sequence())
+        assert _roles(again.session) == {"GM": "host", "Bob": "player"}
+
+
 async def test_primary_host_cannot_be_kicked_nor_kick_itself(
         autojump_clock: trio.testing.MockClock) -> None:
     async with open_server() as server:

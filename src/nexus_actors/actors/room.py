@@ -196,6 +196,8 @@ class Room:
         "The lease was given up (a drain): nothing more is written."
         self.unsure: deque[tuple[int, Attach]] = deque()
         "Resumes with a token no seat takes, each waiting for its lease check to commit."
+        self.closing: deque[tuple[int, Peer, int, str]] = deque()
+        "Kicked and departed members' connections, each closed once its intent is durable."
         self.leaving: tuple[str, int] = ("server-restart", services.config.restart_retry_ms)
         "The backoff reason and hint a drain sends clients away with."
         self.handoff_deadline: float | None = None
@@ -833,6 +835,7 @@ class Room:
 
     def _after(self, applied: list[Event], actor: str) -> None:
         """Connection effects of session events: kicked and departed members go."""
+        mark = self.mark  # the intent that makes ``applied`` durable
         for event in applied:
             if event.name == "session/kicked":
                 self._record(LogConnection(code=self.code, user_id=event.data["playerId"],
@@ -842,16 +845,30 @@ class Room:
                 peer = self.members.get(target)
                 if peer is not None:
                     self._drop_connection(target, announce=False)
-                    peer.close(close.KICKED, "kicked")
+                    self._close_when_durable(mark, peer, close.KICKED, "kicked")
             elif event.name == "session/leave":
                 member_id = event.data["uuid"]
                 peer = self.members.get(member_id)
                 if peer is not None:
                     self._drop_connection(member_id, announce=False)
-                    peer.close(close.NORMAL, "left")
+                    self._close_when_durable(mark, peer, close.NORMAL, "left")
                 if not self.members:
                     self.idle_deadline = trio.current_time() + self.config.host_grace
                     self.sweep_deadline = None
+
+    def _close_when_durable(self, mark: int, peer: Peer, code: int, reason: str) -> None:
+        """Close a departed member's connection once intent ``mark`` is durable: the close
+        confirms its departure. Until then the shell keeps the connection, so if this
+        incarnation stops first the client is sent away with a hint like everyone else,
+        and on resuming finds what the store holds (its seat, if the departure was lost)."""
+        self.shell.peers[peer.id] = peer
+        self.closing.append((mark, peer, code, reason))
+
+    def _close_departed(self) -> None:
+        while self.closing and self.closing[0][0] <= self.committed_mark:
+            _, peer, code, reason = self.closing.popleft()
+            self.shell.peers.pop(peer.id, None)
+            peer.close(code, reason)
 
     def _reject(self, peer: Peer, frame: msg.EventFrame, rejection: Rejection) -> None:
         self.s.metrics.rejections[str(rejection.code)] += 1
@@ -927,6 +944,7 @@ class Room:
     def on_committed(self, mark: int) -> None:
         self.committed_mark = max(self.committed_mark, mark)
         self.gate.committed(mark, self.members, self.seen_through)
+        self._close_departed()
         self._answer_unsure()
         if self.draining:
             self._drain_step()

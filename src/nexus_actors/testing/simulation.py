@@ -88,9 +88,11 @@ class Agent:
     uuid: str | None = None
     token: str | None = None
     status: str = "new"
-    "new, connected, away (dropped or sent away), stalled, left, kicked, refused"
+    """new, connected, leaving (left or kicked, not yet closed), away (dropped or sent
+    away), stalled, left, kicked, refused"""
     refused_seat: str | None = None
-    "The seat whose resume was refused ``invalid-token`` (checked against the room)."
+    """The seat the server said is gone: its resume was refused ``invalid-token``, or its
+    connection closed as left or kicked (checked against the room)."""
     outbox: dict[str, tuple[str, dict[str, Any]]] = attrs.Factory(dict)
     "Durable events sent and not yet answered: resent with the same eventId on resume."
     acked: dict[str, tuple[str, int]] = attrs.Factory(dict)
@@ -416,7 +418,7 @@ class Simulation:
         if agent is not None:
             agent.outbox.clear()  # a client that leaves gives up what it had not sent
             await self._send(agent, "session/leave", {})
-            agent.status = "left"
+            agent.status = "leaving"
 
     async def _op_drop(self, step: Step) -> None:
         agent = self._live(step)
@@ -499,12 +501,12 @@ class Simulation:
             frame = frames[agent.read]
             agent.read += 1
             self._take(agent, frame)
-        if client.closed.is_set() and agent.status == "connected":
+        if client.closed.is_set() and agent.status in ("connected", "leaving"):
             code = client.close_code
             agent.status = {4001: "kicked", 1000: "left"}.get(code or 0, "away")
             if code in (4401, 4404):
                 agent.status = "refused"
-            if code == 4401:
+            if code in (4401, 4001, 1000):  # the departure is durable: the seat stays gone
                 agent.refused_seat = agent.uuid
 
     def _take(self, agent: Agent, frame: dict[str, Any]) -> None:
@@ -529,7 +531,7 @@ class Simulation:
         elif kind == "event":
             agent.replica.event(frame)
             if data.get("name") == "session/kicked" and data.get("playerId") == agent.uuid:
-                agent.status = "kicked"
+                agent.status = "leaving"  # kicked once the close (4001) says it is durable
         elif kind == "event-ack":
             agent.acked[data["eventId"]] = (agent.replica.code, data["serverSequence"])
             agent.outbox.pop(data["eventId"], None)
@@ -634,8 +636,9 @@ class Simulation:
         for agent in self.agents:
             if agent.room == index and agent.refused_seat is not None:
                 if agent.refused_seat in server.seats:
-                    raise Violation(f"{agent.name}: the newest token it was given did not "
-                                    f"resume its seat {agent.refused_seat}")
+                    raise Violation(f"{agent.name}: told its seat {agent.refused_seat} is "
+                                    f"gone (token refused, or closed as left or kicked), "
+                                    f"yet the room has it")
                 agent.refused_seat = None
         expected = server.client_view()
         for agent in self.agents:
