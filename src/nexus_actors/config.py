@@ -397,6 +397,16 @@ class Config:
     def evolve(self, **changes: Any) -> Config:
         return attrs.evolve(self, **changes)
 
+    def retry_ms(self, reason: str) -> int:
+        """The ``retryAfterMs`` a ``backoff`` hint for ``reason`` starts from, before
+        jitter: ``restart_retry_ms`` when the server or a room restarts, a quarter of it
+        when the room moved (it is live elsewhere already), else ``overload_retry_ms``."""
+        if reason == "room-moved":
+            return self.restart_retry_ms // 4
+        if reason in ("server-restart", "room-restart"):
+            return self.restart_retry_ms
+        return self.overload_retry_ms
+
 
 def settings_table() -> str:
     """The Markdown table of every setting, as ``docs/configuration.md`` shows it."""

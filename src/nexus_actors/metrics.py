@@ -69,13 +69,14 @@ class Metrics:
     fenced: int = 0
     "Rooms whose writes a commit left out: their fence was stale (a lost lease)."
     relayed_frames: Counter[str] = attrs.field(factory=Counter)
-    "Frames relayed between a client and the room's owner, by direction (``in``, ``out``)."
+    """Frames relayed between a client and the room's owner, by direction (``up``: to the
+    owner, ``down``: to the client)."""
     relays: Counter[str] = attrs.field(factory=Counter)
     "Relays begun, by outcome (``opened``, ``unreachable``: the owner could not be reached)."
     relays_open: int = 0
+    "Client connections relayed to the process that owns their room now."
     handoffs: int = 0
     "Rooms moved to the process that relayed most of their members here."
-    "Client connections relayed to the process that owns their room now."
     rooms_live: int = 0
     "Room actors running (kept by the registry)."
     members_connected: int = 0

@@ -636,8 +636,7 @@ async def _relay(conn: Connection, relay: Relay, target: str, node: Node,
         if metrics is not None:
             metrics.relays["unreachable"] += 1
         # Come back once its lease may have expired (then the room moves), not before.
-        retry = (int(relay.remaining * 1000)
-                 + outbound.jitter(config.restart_retry_ms // 2, deps.random))
+        retry = outbound.after_lease(relay.remaining, config.restart_retry_ms, deps.random)
         peer.close(close.TRY_AGAIN_LATER, "room unavailable",
                    *unreachable_frames(url, retry, deps.wall_ms()))
         await conn.reader()

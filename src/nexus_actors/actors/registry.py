@@ -66,8 +66,7 @@ async def run_registry(services: Services, inbox: trio.MemoryReceiveChannel[Regi
                    reason: str | None = None) -> None:
             hint = None
             if reason is not None:
-                retry = (config.restart_retry_ms if reason == "server-restart"
-                         else config.overload_retry_ms)
+                retry = config.retry_ms(reason)
                 hint = outbound.backoff(reason, outbound.jitter(retry, services.deps.random),
                                         services.deps.wall_ms())
             try:

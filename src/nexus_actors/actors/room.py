@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -135,6 +136,16 @@ class Shell:
     "The fence of the lease the latest incarnation claimed."
 
 
+def send_away(services: Services, peers: Iterable[Peer], reason: str) -> None:
+    """Close each connection with a jittered ``backoff`` hint for ``reason`` (1012): the
+    clients resume by themselves, wherever the room is then."""
+    base, rng = services.config.retry_ms(reason), services.deps.random
+    now_ms = services.deps.wall_ms()
+    for peer in peers:
+        peer.close(close.SERVICE_RESTART, reason.replace("-", " "),
+                   outbound.backoff(reason, outbound.jitter(base, rng), now_ms))
+
+
 class Room:
     """One incarnation of a room actor (see :func:`~.room_supervisor.run_room`)."""
 
@@ -198,8 +209,8 @@ class Room:
         "Resumes with a token no seat takes, each waiting for its lease check to commit."
         self.closing: deque[tuple[int, Peer, int, str]] = deque()
         "Kicked and departed members' connections, each closed once its intent is durable."
-        self.leaving: tuple[str, int] = ("server-restart", services.config.restart_retry_ms)
-        "The backoff reason and hint a drain sends clients away with."
+        self.leaving = "server-restart"
+        "The backoff reason a drain sends clients away with."
         self.handoff_deadline: float | None = None
         "When to move the room to the process that relays most of its members, if it still does."
         self.handoff_not_before = 0.0
@@ -470,9 +481,8 @@ class Room:
             self._relay(a, self.elsewhere)
             return
         if self.draining:
-            reason, retry = self.leaving
             self._refuse(a, Code.UNAVAILABLE, "the room is moving; try again",
-                         close.SERVICE_RESTART, backoff=reason, retry_ms=self._jitter(retry))
+                         close.SERVICE_RESTART, backoff=self.leaving)
             return
         request = a.request
         if isinstance(request, CreateRoom):
@@ -558,9 +568,8 @@ class Room:
                          close.ROOM_EXISTS)
             return
         if a.relayed or url is None or url == self.s.node.url:
-            # Once the lease may have expired, give or take a jitter: never before.
-            retry = (max(int(held.remaining * 1000), 0)
-                     + self._jitter(self.config.restart_retry_ms // 2))
+            retry = outbound.after_lease(held.remaining, self.config.restart_retry_ms,
+                                         self.s.deps.random)
             self._refuse(a, Code.UNAVAILABLE, "the room is moving between servers; try again",
                          close.TRY_AGAIN_LATER, backoff="unavailable", retry_ms=retry)
             return
@@ -576,27 +585,28 @@ class Room:
         over (this one was paused) and given the seat a newer token this room has not
         seen: then this room stops, and the client is sent to the new owner."""
         if self.fence is None:
-            self._refuse(a, Code.INVALID_TOKEN, "no seat in this room has that token",
-                         close.INVALID_TOKEN)
+            self._refuse_unknown_token(a)
             return
         self.unsure.append((self._write(CheckLease(code=self.code)), a))
+
+    def _refuse_unknown_token(self, a: Attach) -> None:
+        self._refuse(a, Code.INVALID_TOKEN, "no seat in this room has that token",
+                     close.INVALID_TOKEN)
 
     def _answer_unsure(self) -> None:
         """Refuse the tokens whose lease check has committed: the room is still ours."""
         while self.unsure and self.unsure[0][0] <= self.committed_mark:
             _, a = self.unsure.popleft()
-            self._refuse(a, Code.INVALID_TOKEN, "no seat in this room has that token",
-                         close.INVALID_TOKEN)
+            self._refuse_unknown_token(a)
 
     def refuse_unsure(self, reason: str) -> None:
         """This incarnation stops before its lease checks were answered: the requests
         waiting on them are sent away with a hint (the room lives on elsewhere, or here
         again soon)."""
-        retry = self.config.restart_retry_ms // (4 if reason == "room-moved" else 1)
         while self.unsure:
             _, a = self.unsure.popleft()
             self._refuse(a, Code.UNAVAILABLE, "the room is moving; try again",
-                         close.TRY_AGAIN_LATER, backoff=reason, retry_ms=self._jitter(retry))
+                         close.TRY_AGAIN_LATER, backoff=reason)
 
     def _rotate_token(self, seat: Seat, presented: str, peer: Peer) -> None:
         """Give the seat a new token; send it in ``session/token`` once that is durable.
@@ -646,9 +656,7 @@ class Room:
         hint = None
         if backoff is not None:
             if retry_ms is None:
-                retry_ms = self._jitter(self.config.restart_retry_ms
-                                        if backoff == "server-restart"
-                                        else self.config.overload_retry_ms)
+                retry_ms = self._jitter(self.config.retry_ms(backoff))
             hint = outbound.backoff(backoff, retry_ms, self._now_ms())
         a.inbox.close()
         try:
@@ -1103,16 +1111,16 @@ class Room:
         """Move the room to the process that relays most of its members, once that has
         held for ``HANDOFF_DELAY`` (a room created where its creator happened to land, its
         players sent by the load balancer to the room code's process)."""
-        if self.draining or self.state is None or self._relayed_majority() is None:
+        node = None if self.draining or self.state is None else self._relayed_majority()
+        if node is None:
             self.handoff_deadline = None
             return
         if act and not self.s.health.store_ok:  # it could not be claimed elsewhere: later
             self.handoff_deadline = now + HANDOFF_DELAY
         elif act:
-            node = self._relayed_majority()
             log.info("room %s: most members come through %s; moving it there", self.code, node)
             self.s.metrics.handoffs += 1
-            self.leaving = ("room-moved", self.config.restart_retry_ms // 4)
+            self.leaving = "room-moved"
             self.on_drain()
         elif self.handoff_deadline is None:
             self.handoff_deadline = max(now + HANDOFF_DELAY, self.handoff_not_before)
@@ -1142,13 +1150,10 @@ class Room:
         """Once everything is durable (acks sent) or the wait is over, close every client."""
         if self.members and (self.committed_mark >= self.mark or self.drain_deadline is None
                              or trio.current_time() >= self.drain_deadline):
-            now_ms = self._now_ms()
-            reason, retry = self.leaving
+            peers = list(self.members.values())
             for member_id in list(self.members):
-                peer = self.members[member_id]
                 self._drop_connection(member_id, announce=False)
-                peer.close(close.SERVICE_RESTART, reason.replace("-", " "),
-                           outbound.backoff(reason, self._jitter(retry), now_ms))
+            send_away(self.s, peers, self.leaving)
         if not self.members:
             self.drain_deadline = None
         self._maybe_idle()

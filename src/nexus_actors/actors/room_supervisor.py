@@ -23,11 +23,9 @@ from collections import deque
 import trio
 
 from ..errors import Code
-from ..protocol import outbound
-from . import peer as close
 from .messages import RoomExited, RoomMsg
 from .persistence import Flush
-from .room import LostWrites, Moved, Room, Shell
+from .room import LostWrites, Moved, Room, Shell, send_away
 from .services import Services
 
 log = logging.getLogger("nexus_actors.room")
@@ -60,8 +58,7 @@ async def run_room(services: Services, code: str, generation: int,
                     log.warning("%s; sending its clients there", exc)
                     room.refuse_unsure("room-moved")
                     room.lost()
-                    _send_away(services, shell, "room-moved",
-                               services.config.restart_retry_ms // 4)
+                    _send_away(services, shell, "room-moved")
                     room.refuse_all(inbox, Code.UNAVAILABLE, "the room moved; try again")
                     return
                 except LostWrites as exc:
@@ -75,7 +72,7 @@ async def run_room(services: Services, code: str, generation: int,
                 crashes.append(now)
                 while crashes and crashes[0] < now - CRASH_WINDOW:
                     crashes.popleft()
-                _send_away(services, shell, "room-restart", services.config.restart_retry_ms)
+                _send_away(services, shell, "room-restart")
                 # Wait until the store has taken (or refused) everything this room wrote:
                 # whatever starts next, here or as a new generation, loads it.
                 done = trio.Event()
@@ -97,10 +94,7 @@ async def run_room(services: Services, code: str, generation: int,
             log.warning("room %s could not report its exit", code)
 
 
-def _send_away(services: Services, shell: Shell, reason: str, retry_ms: int) -> None:
+def _send_away(services: Services, shell: Shell, reason: str) -> None:
     """Close every client of the room with a jittered hint: they resume by themselves."""
-    for peer in shell.peers.values():
-        retry = outbound.jitter(retry_ms, services.deps.random)
-        peer.close(close.SERVICE_RESTART, reason.replace("-", " "),
-                   outbound.backoff(reason, retry, services.deps.wall_ms()))
+    send_away(services, shell.peers.values(), reason)
     shell.peers.clear()

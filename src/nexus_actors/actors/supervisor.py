@@ -138,8 +138,9 @@ async def serve(
         else:
             listeners = list(await trio.open_ssl_over_tcp_listeners(
                 config.port, context, host=config.host, https_compatible=True))
-    node = Node(id=config.node_id or _node_id(_ports(listeners)),
-                url=config.advertise_url or _advertised(config, _ports(listeners)))
+    ports = _ports(listeners)
+    node = Node(id=config.node_id or _node_id(ports),
+                url=config.advertise_url or _advertised(config, ports))
     persist_send, persist_receive = trio.open_memory_channel[PersistMsg](config.persist_queue)
     registry_send, registry_receive = trio.open_memory_channel[RegistryMsg](REGISTRY_INBOX)
     leases_send, leases_receive = trio.open_memory_channel[LeaseMsg](2 * config.max_rooms + 64)

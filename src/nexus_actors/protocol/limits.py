@@ -88,11 +88,14 @@ def host_of(address: str) -> str:
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
-def _trusted(address: str, trusted: Networks) -> bool:
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        ip = ipaddress.ip_address(address.strip("[]"))
+        return ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:
-        return False
+        return None
+
+
+def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted: Networks) -> bool:
     return any(ip in network for network in trusted)
 
 
@@ -104,14 +107,15 @@ def forwarded_client(peer: str, forwarded_for: str | None, trusted: Networks) ->
     proxy (anything to the left of it could be written by the client). A connection from
     anywhere else is its TCP peer, whatever headers it sends.
     """
-    if not trusted or not forwarded_for or not _trusted(host_of(peer), trusted):
+    if not trusted or not forwarded_for:
         return peer
-    hops = [hop.strip() for hop in forwarded_for.split(",")]
-    for hop in reversed(hops):
-        try:
-            ip = ipaddress.ip_address(hop.strip("[]"))
-        except ValueError:
+    proxy = _ip(host_of(peer))
+    if proxy is None or not _trusted(proxy, trusted):
+        return peer
+    for hop in reversed(forwarded_for.split(",")):
+        ip = _ip(hop)
+        if ip is None:
             return peer  # a malformed chain: count the proxy itself
-        if not any(ip in network for network in trusted):
+        if not _trusted(ip, trusted):
             return f"[{ip}]:0" if ip.version == 6 else f"{ip}:0"
     return peer

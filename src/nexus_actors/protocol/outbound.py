@@ -45,6 +45,13 @@ def jitter(base_ms: int, rng: random.Random) -> int:
     return int(base_ms * rng.uniform(0.5, 1.5))
 
 
+def after_lease(remaining_s: float, base_ms: int, rng: random.Random) -> int:
+    """A hint to come back once a lease with ``remaining_s`` to run may have expired (its
+    owner is unreachable, or the room is moving), never before: the rest of the lease
+    plus a jitter around half of ``base_ms``."""
+    return max(int(remaining_s * 1000), 0) + jitter(base_ms // 2, rng)
+
+
 def ping(latency_ms: float, timestamp: int) -> Wire:
     rounded = round(latency_ms, 1)
     return encode("ping", {"latency": rounded, "quality": quality_of(latency_ms)}, timestamp)
