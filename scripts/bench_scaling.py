@@ -49,6 +49,7 @@ from nexus_actors.client import (
     connect,
 )
 from nexus_actors.testing.cluster import Cluster, open_cluster
+from nexus_actors.testing.processes import scrape
 
 LOADGEN = Path(__file__).resolve().parent / "loadgen" / "loadgen.mjs"
 UNLIMITED = {"NEXUS_ADDRESS_CONNECT_RATE": "100000", "NEXUS_ADDRESS_CONNECT_BURST": "100000",
@@ -210,21 +211,6 @@ async def talk(session: Session, index: int, stop: trio.Event) -> None:
 def pid(server: Any) -> int:
     assert server.process is not None
     return int(server.process.pid)
-
-
-async def scrape(port: int) -> dict[str, float]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        reply = b""
-        while chunk := await stream.receive_some():
-            reply += chunk
-    samples = {}
-    for line in reply.partition(b"\r\n\r\n")[2].decode().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
 
 
 # Throughput -----------------------------------------------------------------------------------

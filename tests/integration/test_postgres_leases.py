@@ -13,8 +13,6 @@ statement.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -32,6 +30,7 @@ from nexus_actors.store.base import (
     Write,
 )
 from nexus_actors.store.postgres import PostgresStore
+from nexus_actors.testing.postgres import open_store
 
 pytestmark = pytest.mark.realclock
 
@@ -39,16 +38,6 @@ TIMEOUT = 20.0
 "Seconds one test may take in all."
 TTL = 30.0
 "A lease that does not expire during a test."
-
-
-@asynccontextmanager
-async def opened(url: str, pool_max: int = 2, **options: Any) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(url, pool_max=pool_max, **options)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.aclose()
 
 
 def created(code: str) -> list[Write]:
@@ -63,6 +52,14 @@ def chat(code: str, sequence: int) -> AppendEvent:
         actor_id="h", timestamp=1_700_000_000_000 + sequence))
 
 
+async def claimed(store: PostgresStore, code: str, node: str, url: str | None,
+                  ttl: float) -> Claimed:
+    """``store.claim(...)``, which must take the lease."""
+    claim = await store.claim(code, node, url, ttl)
+    assert isinstance(claim, Claimed)
+    return claim
+
+
 async def lease_row(url: str, code: str) -> tuple[Any, ...] | None:
     def run() -> tuple[Any, ...] | None:
         with psycopg.connect(url) as conn:
@@ -74,9 +71,8 @@ async def lease_row(url: str, code: str) -> tuple[Any, ...] | None:
 
 async def test_a_claim_takes_a_free_lease_or_says_who_holds_it(database_url: str) -> None:
     with trio.fail_after(TIMEOUT):
-        async with opened(database_url) as store:
-            first = await store.claim("ABCD", "node-a", "ws://a:5000", TTL)
-            assert isinstance(first, Claimed)
+        async with open_store(database_url) as store:
+            first = await claimed(store, "ABCD", "node-a", "ws://a:5000", TTL)
             assert not first.takeover
             assert await lease_row(database_url, "ABCD") == ("node-a", "ws://a:5000",
                                                              first.fence)
@@ -84,8 +80,7 @@ async def test_a_claim_takes_a_free_lease_or_says_who_holds_it(database_url: str
             assert isinstance(held, HeldElsewhere)
             assert (held.owner, held.url) == ("node-a", "ws://a:5000")
             assert TTL - 5 < held.remaining <= TTL
-            again = await store.claim("ABCD", "node-a", "ws://a:5000", TTL)  # its own
-            assert isinstance(again, Claimed)
+            again = await claimed(store, "ABCD", "node-a", "ws://a:5000", TTL)  # its own
             assert again.fence > first.fence
             assert not again.takeover
             assert (first.previous, again.previous) == (None, first.fence)
@@ -93,11 +88,9 @@ async def test_a_claim_takes_a_free_lease_or_says_who_holds_it(database_url: str
 
 async def test_an_expired_lease_is_taken_over_with_a_larger_fence(database_url: str) -> None:
     with trio.fail_after(TIMEOUT):
-        async with opened(database_url) as store:
-            first = await store.claim("ABCD", "node-a", "ws://a:5000", 0.0)  # expired at once
-            taken = await store.claim("ABCD", "node-b", "ws://b:5000", TTL)
-            assert isinstance(first, Claimed)
-            assert isinstance(taken, Claimed)
+        async with open_store(database_url) as store:
+            first = await claimed(store, "ABCD", "node-a", "ws://a:5000", 0.0)  # expired at once
+            taken = await claimed(store, "ABCD", "node-b", "ws://b:5000", TTL)
             assert taken.takeover
             assert taken.previous == first.fence
             assert taken.fence > first.fence
@@ -106,8 +99,7 @@ async def test_an_expired_lease_is_taken_over_with_a_larger_fence(database_url: 
             # Fences grow across rooms and releases too: one sequence for every claim.
             await store.commit([ReleaseLease(code="ABCD", fence=taken.fence)])
             assert await lease_row(database_url, "ABCD") is None
-            after = await store.claim("ABCD", "node-c", None, TTL)
-            assert isinstance(after, Claimed)
+            after = await claimed(store, "ABCD", "node-c", None, TTL)
             assert after.fence > taken.fence
 
 
@@ -118,7 +110,7 @@ async def test_many_claims_at_once_give_the_lease_to_exactly_one(database_url: s
 
     def claim(index: int) -> None:
         async def run() -> object:
-            async with opened(database_url, pool_max=1) as store:
+            async with open_store(database_url, pool_max=1) as store:
                 barrier.wait()
                 return await store.claim("RACE", f"node-{index}", None, TTL)
 
@@ -137,19 +129,16 @@ async def test_many_claims_at_once_give_the_lease_to_exactly_one(database_url: s
 
 async def test_renewal_keeps_only_the_leases_still_held(database_url: str) -> None:
     with trio.fail_after(TIMEOUT):
-        async with opened(database_url) as store:
-            kept = await store.claim("KEEP", "node-a", None, TTL)
-            lost = await store.claim("LOST", "node-a", None, 0.0)
-            assert isinstance(kept, Claimed)
-            assert isinstance(lost, Claimed)
-            assert isinstance(await store.claim("LOST", "node-b", None, TTL), Claimed)
+        async with open_store(database_url) as store:
+            kept = await claimed(store, "KEEP", "node-a", None, TTL)
+            lost = await claimed(store, "LOST", "node-a", None, 0.0)
+            await claimed(store, "LOST", "node-b", None, TTL)
             held = await store.renew("node-a", {"KEEP": kept.fence, "LOST": lost.fence,
                                                 "NONE": 12345}, TTL)
             assert held == {"KEEP"}
             assert await store.renew("node-b", {"KEEP": kept.fence}, TTL) == set()
             # A renewed lease that had expired, unclaimed since, is held again.
-            late = await store.claim("LATE", "node-a", None, 0.0)
-            assert isinstance(late, Claimed)
+            late = await claimed(store, "LATE", "node-a", None, 0.0)
             assert await store.renew("node-a", {"LATE": late.fence}, TTL) == {"LATE"}
             assert isinstance(await store.claim("LATE", "node-b", None, TTL), HeldElsewhere)
 
@@ -157,16 +146,13 @@ async def test_renewal_keeps_only_the_leases_still_held(database_url: str) -> No
 async def test_a_commit_leaves_out_the_writes_of_a_fenced_room_and_keeps_the_rest(
         database_url: str) -> None:
     with trio.fail_after(TIMEOUT):
-        async with opened(database_url) as store:
-            mine = await store.claim("MINE", "node-a", None, TTL)
-            gone = await store.claim("GONE", "node-a", None, 0.0)
-            assert isinstance(mine, Claimed)
-            assert isinstance(gone, Claimed)
+        async with open_store(database_url) as store:
+            mine = await claimed(store, "MINE", "node-a", None, TTL)
+            gone = await claimed(store, "GONE", "node-a", None, 0.0)
             assert await store.commit([*created("MINE"), *created("GONE")],
                                       fences={"MINE": mine.fence, "GONE": gone.fence}) \
                 == frozenset()
-            taken = await store.claim("GONE", "node-b", None, TTL)  # node-a's lease is lost
-            assert isinstance(taken, Claimed)
+            taken = await claimed(store, "GONE", "node-b", None, TTL)  # node-a's lease is lost
             fenced = await store.commit(
                 [chat("MINE", 1), chat("GONE", 1), chat("MINE", 2)],
                 fences={"MINE": mine.fence, "GONE": gone.fence})
@@ -190,9 +176,8 @@ async def test_a_commit_leaves_out_the_writes_of_a_fenced_room_and_keeps_the_res
 async def test_a_release_in_the_batch_that_writes_last_still_commits_the_writes(
         database_url: str) -> None:
     with trio.fail_after(TIMEOUT):
-        async with opened(database_url) as store:
-            lease = await store.claim("DONE", "node-a", None, TTL)
-            assert isinstance(lease, Claimed)
+        async with open_store(database_url) as store:
+            lease = await claimed(store, "DONE", "node-a", None, TTL)
             fenced = await store.commit(
                 [*created("DONE"), chat("DONE", 1), ReleaseLease(code="DONE", fence=lease.fence)],
                 fences={"DONE": lease.fence})
@@ -205,7 +190,7 @@ async def test_a_release_in_the_batch_that_writes_last_still_commits_the_writes(
 
 async def test_every_process_reads_the_same_relay_secret(database_url: str) -> None:
     with trio.fail_after(TIMEOUT):
-        async with opened(database_url) as first, opened(database_url) as second:
+        async with open_store(database_url) as first, open_store(database_url) as second:
             secret = await first.relay_secret()
             assert len(secret) >= 32
             assert await second.relay_secret() == secret
@@ -224,13 +209,11 @@ async def test_a_process_paused_in_a_commit_holds_its_leases_only_until_postgres
     # would keep them locked, and no other process could claim its rooms. PostgreSQL
     # ends a transaction left idle for the lease's lifetime (here 1 s).
     with trio.fail_after(TIMEOUT):
-        async with opened(database_url, stuck_transaction=1.0) as paused, \
-                opened(database_url) as other:
-            lease = await paused.claim("STUK", "node-a", None, 0.0)
-            assert isinstance(lease, Claimed)
+        async with open_store(database_url, stuck_transaction=1.0) as paused, \
+                open_store(database_url) as other:
+            lease = await claimed(paused, "STUK", "node-a", None, 0.0)
             await paused._write(begin_and_stop)
-            taken = await other.claim("STUK", "node-b", None, TTL)  # once the session ends
-            assert isinstance(taken, Claimed)
+            taken = await claimed(other, "STUK", "node-b", None, TTL)  # once the session ends
             assert taken.takeover
             # When the paused process wakes, its connection is gone (the persistence
             # actor retries a failed commit); on a new one, its writes are fenced.
@@ -243,9 +226,9 @@ async def test_a_process_paused_in_a_commit_holds_its_leases_only_until_postgres
 async def test_a_claim_blocked_by_a_stuck_commit_fails_fast_instead_of_waiting(
         database_url: str) -> None:
     with trio.fail_after(TIMEOUT):
-        async with opened(database_url, stuck_transaction=60.0) as paused, \
-                opened(database_url) as other:
-            assert isinstance(await paused.claim("STUK", "node-a", None, 0.0), Claimed)
+        async with open_store(database_url, stuck_transaction=60.0) as paused, \
+                open_store(database_url) as other:
+            await claimed(paused, "STUK", "node-a", None, 0.0)
             await paused._write(begin_and_stop)
             with pytest.raises(StoreError, match="lock timeout"):
                 await other.claim("STUK", "node-b", None, TTL)  # within 2 s
@@ -254,12 +237,10 @@ async def test_a_claim_blocked_by_a_stuck_commit_fails_fast_instead_of_waiting(
 async def test_a_fenced_rooms_writes_clashing_with_its_new_owners_are_fenced_not_refused(
         database_url: str) -> None:
     with trio.fail_after(TIMEOUT):
-        async with opened(database_url) as store:
-            old = await store.claim("MOVE", "node-a", None, 0.0)
-            assert isinstance(old, Claimed)
+        async with open_store(database_url) as store:
+            old = await claimed(store, "MOVE", "node-a", None, 0.0)
             await store.commit(created("MOVE"), fences={"MOVE": old.fence})
-            new = await store.claim("MOVE", "node-b", None, TTL)
-            assert isinstance(new, Claimed)
+            new = await claimed(store, "MOVE", "node-b", None, TTL)
             await store.commit([chat("MOVE", 1)], fences={"MOVE": new.fence})
             # The old owner, awake again, writes its own event 1: the same sequence.
             clash = AppendEvent(code="MOVE", event=Event(

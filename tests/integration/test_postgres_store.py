@@ -59,7 +59,7 @@ from nexus_actors.store.base import (
 from nexus_actors.store.migrate import LOCK_KEY, migrate, migrations
 from nexus_actors.store.postgres import KEEPALIVES, PostgresStore, conninfo, redact
 from nexus_actors.testing import TestClient, query
-from nexus_actors.testing.postgres import Databases, with_database
+from nexus_actors.testing.postgres import Databases, open_store, with_database
 from nexus_actors.testing.processes import free_port, server_environment
 
 pytestmark = pytest.mark.realclock
@@ -76,16 +76,6 @@ TABLES = ("rooms", "hosts", "players", "game_states", "room_events", "connection
 
 
 # Helpers ------------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def opened(url: str, *, pool_max: int = 2, **options: Any) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(url, pool_max=pool_max, **options)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.aclose()
 
 
 async def rows(url: str, statement: LiteralString | sql.Composed,
@@ -280,7 +270,7 @@ async def test_what_a_batch_writes_load_room_reads_back(database_url: str) -> No
         append(2, "scene/create", {"scene": {"id": "s1", "name": "Cave", "version": 1}}),
         join(3, "ana", token="ana-token"),
     ]
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         assert await store.load_room(CODE) is None
         await store.commit([room(created=True), *written,
                             PutSnapshot(code=CODE, sequence=3, snapshot=orjson.dumps(state)),
@@ -299,7 +289,7 @@ async def test_what_a_batch_writes_load_room_reads_back(database_url: str) -> No
 
 
 async def test_abandoned_room_loads_without_its_journal_or_snapshot(database_url: str) -> None:
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit([*new_room(), snapshot(1), room(status="abandoned")])
         record = await store.load_room(CODE)
     assert record is not None
@@ -316,7 +306,7 @@ async def test_abandoned_room_loads_without_its_journal_or_snapshot(database_url
 ])
 async def test_a_batch_with_a_failing_write_leaves_nothing_behind(
         database_url: str, bad: AppendEvent) -> None:
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit([*new_room(), chat(2)])
         before = await dump(database_url)
         batch: list[Write] = [
@@ -331,7 +321,7 @@ async def test_a_batch_with_a_failing_write_leaves_nothing_behind(
 
 async def test_a_different_event_at_a_taken_sequence_is_refused_not_dropped(
         database_url: str) -> None:
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit([*new_room(), chat(2, "first")])
         with pytest.raises(StoreRejected, match="different event at sequence 2"):
             await store.commit([append(2, "chat/message", {"message": {"text": "other"}},
@@ -348,7 +338,7 @@ async def test_a_batch_after_a_ping_is_committed_for_every_other_connection(
         database_url: str) -> None:
     # The persistence actor pings an idle store on the connection it commits with: the
     # ping must not leave a transaction open that the next batch would only nest in.
-    async with opened(database_url) as store, opened(database_url) as other:
+    async with open_store(database_url) as store, open_store(database_url) as other:
         await store.ping()
         await store.commit(new_room())
         assert await other.load_room(CODE) is not None
@@ -365,7 +355,7 @@ async def test_retrying_a_committed_batch_writes_nothing_twice(database_url: str
         append(5, "session/co-host-added", {"coHostId": "ana", "permissions": CO_HOST.to_json()}),
         chat(6), snapshot(6),
         PutPresence(code=CODE, member_id="ana", connected=False, at=T0 + 77)]
-    async with opened(database_url, journal_retain=3) as store:
+    async with open_store(database_url, journal_retain=3) as store:
         await store.commit(batch)
         once = await store.load_room(CODE)
         await store.commit(batch)  # as after an error raised once the first had committed
@@ -388,7 +378,7 @@ async def test_retrying_a_committed_batch_writes_nothing_twice(database_url: str
 
 async def test_joining_stores_the_token_hash_and_never_the_token(database_url: str) -> None:
     token = f"resume-{secrets.token_urlsafe(16)}"
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit([*new_room(), join(2, "ana", token=token)])
     stored = await rows(database_url, "SELECT token_hash FROM players WHERE id = 'ana'")
     assert stored == [(hash_token(token),)]
@@ -399,7 +389,7 @@ async def test_joining_stores_the_token_hash_and_never_the_token(database_url: s
 
 
 async def test_first_seat_as_host_becomes_the_primary_host(database_url: str) -> None:
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit([*new_room(), join(2, "ana")])
     assert await hosts(database_url) == {"h": (True, PRIMARY.to_json())}
     assert await primary_host(database_url) == "h"
@@ -410,7 +400,7 @@ async def test_co_hosts_follow_added_and_removed_events(database_url: str) -> No
         return append(sequence, "session/co-host-added",
                       {"coHostId": member_id, "permissions": CO_HOST.to_json()})
 
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit([*new_room(), join(2, "ana"), join(3, "bob"),
                             added(4, "ana"), added(5, "bob")])
         assert await hosts(database_url) == {"h": (True, PRIMARY.to_json()),
@@ -423,7 +413,7 @@ async def test_co_hosts_follow_added_and_removed_events(database_url: str) -> No
 
 
 async def test_host_migration_moves_the_primary_host(database_url: str) -> None:
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit([
             *new_room(), join(2, "ana"),
             append(3, "session/co-host-added", {"coHostId": "ana",
@@ -437,7 +427,7 @@ async def test_host_migration_moves_the_primary_host(database_url: str) -> None:
 
 async def test_leaving_and_being_kicked_remove_the_seat_and_its_host_role(
         database_url: str) -> None:
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit([
             *new_room(), join(2, "ana"), join(3, "bob"),
             append(4, "session/co-host-added", {"coHostId": "ana",
@@ -450,7 +440,7 @@ async def test_leaving_and_being_kicked_remove_the_seat_and_its_host_role(
 
 
 async def test_a_join_and_leave_in_one_batch_leave_no_seat(database_url: str) -> None:
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit([*new_room(), join(2, "ana"),
                             append(3, "session/leave", {"uuid": "ana", "reason": "left"})])
         record = await store.load_room(CODE)
@@ -460,7 +450,7 @@ async def test_a_join_and_leave_in_one_batch_leave_no_seat(database_url: str) ->
 
 
 async def test_primary_host_leaving_with_its_successor_in_one_batch(database_url: str) -> None:
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit([*new_room(), join(2, "ana")])
         await store.commit([
             append(3, "session/leave", {"uuid": "h", "reason": "left"}),
@@ -475,7 +465,7 @@ async def test_primary_host_leaving_with_its_successor_in_one_batch(database_url
 
 
 async def test_snapshots_only_move_forward(database_url: str) -> None:
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit([*new_room(), chat(2), chat(3), snapshot(2)])
         await store.commit([snapshot(3)])
         await store.commit([snapshot(2)])  # older: ignored
@@ -488,7 +478,7 @@ async def test_snapshots_only_move_forward(database_url: str) -> None:
 
 
 async def test_a_snapshot_trims_the_journal_to_the_retained_tail(database_url: str) -> None:
-    async with opened(database_url, journal_retain=2) as store:
+    async with open_store(database_url, journal_retain=2) as store:
         await store.commit([*new_room(), *(chat(n) for n in range(2, 9)), snapshot(6)])
         record = await store.load_room(CODE)
         assert record is not None
@@ -504,7 +494,7 @@ async def test_a_snapshot_trims_the_journal_to_the_retained_tail(database_url: s
 
 
 async def test_creating_a_room_over_an_abandoned_one_replaces_it(database_url: str) -> None:
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit([*new_room(), join(2, "ana"), chat(3), snapshot(3),
                             LogConnection(code=CODE, user_id="ana", kind="connect", at=T0)])
         await store.commit([room(status="abandoned")])
@@ -521,7 +511,7 @@ async def test_creating_a_room_over_an_abandoned_one_replaces_it(database_url: s
 async def test_idle_rooms_are_abandoned_then_deleted_by_last_activity(database_url: str) -> None:
     now = now_ms()
     hour = 3_600_000
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         for code in ("OLDH", "NEWH", "ACTV"):
             await store.commit(new_room(code))
         await store.commit([room("OLDH", status="hibernating", at=now - 2 * hour),
@@ -544,7 +534,7 @@ async def test_idle_rooms_are_abandoned_then_deleted_by_last_activity(database_u
 async def test_cleanup_functions_delete_only_what_is_old_enough(database_url: str) -> None:
     now = now_ms()
     hour = 3_600_000
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         for code in ("GONE", "KEEP", "HIBR"):
             await store.commit(new_room(code))
         await store.commit([
@@ -561,7 +551,7 @@ async def test_cleanup_functions_delete_only_what_is_old_enough(database_url: st
 
 async def test_room_stats_counts_rooms_by_status_and_connected_players(
         database_url: str) -> None:
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         for code in ("AAAA", "BBBB", "CCCC"):
             await store.commit([*new_room(code), join(2, "ana", code=code)])
         await store.commit([
@@ -576,7 +566,7 @@ async def test_room_stats_counts_rooms_by_status_and_connected_players(
 
 async def test_journaling_an_event_marks_the_room_active_now(database_url: str) -> None:
     long_ago = now_ms() - 3_600_000
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit(new_room())
         await store.commit([room(at=long_ago)])
         record = await store.load_room(CODE)
@@ -591,7 +581,7 @@ async def test_journaling_an_event_marks_the_room_active_now(database_url: str) 
 async def test_activity_is_marked_at_most_every_ten_seconds(database_url: str) -> None:
     # A busy room does not rewrite its row for every event (it would bloat the table).
     recent = now_ms() - 5_000
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit(new_room())
         await store.commit([room(at=recent)])
         await store.commit([chat(2), chat(3)])
@@ -604,7 +594,7 @@ async def test_activity_is_marked_at_most_every_ten_seconds(database_url: str) -
 
 
 async def test_presence_updates_the_seat_and_its_last_seen(database_url: str) -> None:
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit([*new_room(), join(2, "ana")])
         await store.commit([PutPresence(code=CODE, member_id="ana", connected=False,
                                         at=T0 + 500)])
@@ -619,7 +609,7 @@ async def test_presence_updates_the_seat_and_its_last_seen(database_url: str) ->
 
 async def test_a_rotated_token_is_loaded_with_the_one_before_and_never_stored_plain(
         database_url: str) -> None:
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit([*new_room(), join(2, "ana")])
         before = await store.load_room(CODE)
         rotate = PutSeatToken(code=CODE, member_id="ana", token_hash=hash_token("second"),
@@ -641,7 +631,7 @@ async def test_a_rotated_token_is_loaded_with_the_one_before_and_never_stored_pl
 
 
 async def test_connection_log_lands_and_unknown_rooms_are_skipped(database_url: str) -> None:
-    async with opened(database_url) as store:
+    async with open_store(database_url) as store:
         await store.commit([
             *new_room(),
             LogConnection(code=CODE, user_id="h", kind="connect", at=T0 + 10),
@@ -669,7 +659,7 @@ async def test_every_call_on_an_unreachable_database_raises_store_error() -> Non
             await operation()
         errors.append(caught.value.message)
 
-    async with opened(url, pool_max=3) as store:
+    async with open_store(url, pool_max=3) as store:
         # Commits and pings (the persistence actor's own connection) fail at once, so
         # /ready reports an outage and the retries reconnect without delay.
         started = time.monotonic()
@@ -801,7 +791,7 @@ async def http_status(port: int, path: str) -> int:
 async def test_a_room_survives_a_drain_and_a_new_server_on_postgresql(
         database_url: str) -> None:
     with trio.fail_after(TEST_TIMEOUT):
-        async with opened(database_url) as store, live_server(store) as live:
+        async with open_store(database_url) as store, live_server(store) as live:
             host = await live.seated(query(host="", name="GM"), "session/created")
             await host.next("event-cursor")
             ana = await live.seated(query(join=host.room, name="Ana"), "session/joined")
@@ -816,7 +806,7 @@ async def test_a_room_survives_a_drain_and_a_new_server_on_postgresql(
                 assert await client.wait_closed() == 1012
 
         assert await rows(database_url, "SELECT status FROM rooms") == [("hibernating",)]
-        async with opened(database_url) as store, live_server(store) as live:
+        async with open_store(database_url) as store, live_server(store) as live:
             again = await live.seated(query(reconnect=code, token=host.token,
                                             lastSeenSequence=last), "session/reconnected")
             cursor = await again.next("event-cursor")
@@ -840,7 +830,7 @@ async def test_ready_turns_503_while_the_database_is_unreachable(
     monkeypatch.setattr(persistence, "PING_INTERVAL", 0.5)
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     with trio.fail_after(TEST_TIMEOUT):
-        async with opened(url) as store, live_server(store) as live:
+        async with open_store(url) as store, live_server(store) as live:
             assert await http_status(live.port, "/ready") == 200
             assert await http_status(live.port, "/health") == 200
             # Polling is the only way to watch an HTTP route change.

@@ -44,6 +44,7 @@ from nexus_actors.client import (
     connect,
 )
 from nexus_actors.testing.cluster import Cluster, haproxy_path, open_cluster
+from nexus_actors.testing.processes import scrape
 
 pytestmark = [
     pytest.mark.realclock,
@@ -340,23 +341,6 @@ async def test_two_processes_racing_to_create_one_room_give_it_to_exactly_one(
         rows = await query(c.database_url, "SELECT owner FROM room_leases"
                                            " WHERE room_code = 'RACE'")
         assert len(rows) == 1
-
-
-async def scrape(port: int) -> dict[str, float]:
-    """``GET /metrics`` of one process: unlabelled samples by name."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        reply = b""
-        while chunk := await stream.receive_some():
-            reply += chunk
-    samples: dict[str, float] = {}
-    for line in reply.partition(b"\r\n\r\n")[2].decode().splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            name, _, value = line.partition(" ")
-            samples[name] = float(value)
-    return samples
-
 
 
 async def relays_open(c: Cluster) -> float:

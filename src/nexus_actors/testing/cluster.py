@@ -25,7 +25,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from .processes import free_port, health_status, server_environment
+from .processes import free_port, health_status, read_all, server_environment
 
 HAPROXY_CONFIG = Path(__file__).resolve().parents[3] / "deploy" / "haproxy" / "haproxy.cfg"
 "The shipped HAProxy configuration (from a source checkout)."
@@ -176,10 +176,7 @@ class Cluster:
         stream = await trio.open_unix_socket(str(self.stats))
         async with stream:
             await stream.send_all(command.encode())
-            reply = b""
-            while chunk := await stream.receive_some():
-                reply += chunk
-        return reply.decode()
+            return (await read_all(stream)).decode()
 
 
 @asynccontextmanager

@@ -144,9 +144,6 @@ async def open_server(config: Config | None = None, *, seed: int = 0,
             nursery.cancel_scope.cancel()
 
 
-
-
-
 @asynccontextmanager
 async def open_servers(count: int, config: Config | None = None, *, seed: int = 0,
                        **overrides: Any) -> AsyncIterator[list[TestServer]]:

@@ -13,17 +13,31 @@ import os
 import secrets
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..store.migrate import migrate
+from ..store.postgres import PostgresStore
 
 ENV = "NEXUS_TEST_DATABASE_URL"
+
+
+@asynccontextmanager
+async def open_store(url: str, *, pool_max: int = 2,
+                     **options: Any) -> AsyncIterator[PostgresStore]:
+    """A :class:`PostgresStore` on ``url``, open for the block (``options``: its own)."""
+    store = PostgresStore(url, pool_max=pool_max, **options)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.aclose()
 
 
 @contextmanager

@@ -448,8 +448,12 @@ class Simulation:
     async def _op_fail_store(self, step: Step) -> None:
         self.store.fail_next(step["count"], after_applying=step["after"])
 
+    def _code(self, step: Step) -> str | None:
+        """The code of the step's room, once it has one."""
+        return self.codes[step["room"]] if 0 <= step["room"] < len(self.codes) else None
+
     async def _op_crash(self, step: Step) -> None:
-        code = self.codes[step["room"]] if 0 <= step["room"] < len(self.codes) else None
+        code = self._code(step)
         for server in self.servers:
             if code is not None and server.server is not None:
                 await server.running.crash_room(code)
@@ -480,7 +484,7 @@ class Simulation:
     async def _op_steal(self, step: Step) -> None:
         """Another node takes a room's lease, as if its owner had been paused past it: the
         owner's writes are fenced from now on, and it must notice and let the room go."""
-        code = self.codes[step["room"]] if 0 <= step["room"] < len(self.codes) else None
+        code = self._code(step)
         lease = self.store.leases.get(code or "")
         thief = f"node-{step['node']}"
         if code is None or lease is None or lease.owner == thief:
@@ -594,13 +598,10 @@ class Simulation:
         instant (not a busy one, e.g. still loading: waiting for it would let time pass
         behind the clients' back)."""
         answers: dict[str, dict[str, Any] | None] = {}
-        owners: dict[str, TestServer] = {}
-        for code in codes:
-            lease = self.store.leases.get(code)
-            for index, server in enumerate(self.servers):
-                if (lease is not None and server.config.node_id == lease.owner
-                        and index not in self.down and server.server is not None):
-                    owners[code] = server
+        up = {server.config.node_id: server for index, server in enumerate(self.servers)
+              if index not in self.down and server.server is not None}
+        owners = {code: up.get(lease.owner) for code in codes
+                  if (lease := self.store.leases.get(code)) is not None}
 
         async def ask(code: str) -> None:
             owner = owners.get(code)
