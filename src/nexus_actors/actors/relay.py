@@ -32,7 +32,6 @@ import trio
 from ..client.transport import HandshakeFailed, Link
 from ..errors import Code
 from ..protocol import outbound
-from ..protocol.limits import TokenBucket
 from ..protocol.wire import Wire
 from . import peer as close
 from .peer import Peer
@@ -51,8 +50,6 @@ _PING = b'{"type":"ping"'
 "How the owner's latency reports begin (``outbound.ping``): this process sends its own."
 MAX_QUEUED_UP = 1024
 "Client messages waiting for the owner to read them before the client is sent away."
-_UNLIMITED = 1e9
-"The relay's own pacing: none (the client's messages were limited on the way in)."
 
 
 def relayed_from(node: Node, secret: str | None, client: str | None) -> str | None:
@@ -87,10 +84,9 @@ class Upstream:
         """The WebSocket handshake with the owner at ``url`` for the client's ``target``."""
         if node.relay_secret is None:
             raise HandshakeFailed("the relay secret is not known yet (the store is down)")
+        # Unpaced: the client's messages were limited on the way in.
         link = await Link.open(
             stream, f"{url}{target}", compress=False, idle_timeout=idle_timeout,
-            pacing=TokenBucket(_UNLIMITED, _UNLIMITED, updated=trio.current_time()),
-            cursor_interval=0.0, take_cursor=lambda: None, cursor_waiting=lambda: False,
             headers=[(SECRET_HEADER, node.relay_secret), (CLIENT_HEADER, peer.address),
                      (NODE_HEADER, node.id)])
         return cls(link, peer)

@@ -43,17 +43,28 @@ class HandshakeFailed(Exception):
         "Seconds from a ``Retry-After`` header (a 429 or 503)."
 
 
+def _no_cursor() -> bytes | None:
+    return None
+
+
+def _no_cursor_waiting() -> bool:
+    return False
+
+
 class Link:
-    """A WebSocket client connection: text messages in, paced text messages out."""
+    """A WebSocket client connection: text messages in, paced text messages out (and,
+    for a session, its latest cursor position at most every ``cursor_interval``)."""
 
     def __init__(self, stream: trio.abc.Stream, protocol: ClientProtocol, *,
-                 idle_timeout: float, pacing: TokenBucket, cursor_interval: float,
-                 take_cursor: Callable[[], bytes | None],
-                 cursor_waiting: Callable[[], bool]) -> None:
+                 idle_timeout: float, pacing: TokenBucket | None = None,
+                 cursor_interval: float = 0.0,
+                 take_cursor: Callable[[], bytes | None] = _no_cursor,
+                 cursor_waiting: Callable[[], bool] = _no_cursor_waiting) -> None:
         self.stream = stream
         self.protocol = protocol
         self.idle_timeout = idle_timeout
         self.pacing = pacing
+        "Limits the messages sent (``None``: as fast as they come)."
         self.cursor_interval = cursor_interval
         self.take_cursor = take_cursor
         "Where the latest cursor update comes from (``None``: nothing new)."
@@ -78,9 +89,10 @@ class Link:
 
     @classmethod
     async def open(cls, stream: trio.abc.Stream, uri: str, *, compress: bool,
-                   idle_timeout: float, pacing: TokenBucket, cursor_interval: float,
-                   take_cursor: Callable[[], bytes | None],
-                   cursor_waiting: Callable[[], bool],
+                   idle_timeout: float, pacing: TokenBucket | None = None,
+                   cursor_interval: float = 0.0,
+                   take_cursor: Callable[[], bytes | None] = _no_cursor,
+                   cursor_waiting: Callable[[], bool] = _no_cursor_waiting,
                    headers: Sequence[tuple[str, str]] = ()) -> Link:
         """Run the opening handshake for ``uri`` (``ws://host:port/ws?...``) on ``stream``,
         with extra request ``headers``."""
@@ -205,9 +217,10 @@ class Link:
             # Wake for the cursor pacing only if a cursor waits; a new one nudges.
             waiting = self._closing is None and self.cursor_waiting()
             return None, self._next_cursor if waiting else math.inf
-        if self.pacing.refill(now) < 1.0:
+        pacing = self.pacing
+        if pacing is not None and pacing.refill(now) < 1.0:
             # At least a millisecond: a wait rounded away to nothing would never refill.
-            return None, now + max(self.pacing.retry_after(), MIN_WAIT)
+            return None, now + max(pacing.retry_after(), MIN_WAIT)
         if self._outgoing:
             message = self._outgoing.popleft()
         else:
@@ -216,7 +229,8 @@ class Link:
                 return None, math.inf
             message = cursor
             self._next_cursor = now + self.cursor_interval
-        self.pacing.take(now)
+        if pacing is not None:
+            pacing.take(now)
         return message, now
 
     async def _writer(self) -> None:
